@@ -1,0 +1,81 @@
+"""Load the config: schema defaults <- YAML file <- ``key=value`` overrides, then validate.
+
+Every failure is a ``ConfigError`` whose message names the key and says how to fix it.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from configs.schema import Config
+
+
+class ConfigError(ValueError):
+    """A bad config file, key, type or value; the message names it."""
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """The validated config as the schema's dataclasses."""
+    cfg = OmegaConf.structured(Config)
+    if path is not None:
+        cfg = _merge(cfg, _read_yaml(Path(path)), f"config file {path}")
+    if overrides:
+        cfg = _merge(cfg, _parse_overrides(overrides), "command-line overrides")
+    try:
+        return OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as error:
+        raise ConfigError(_describe(error, cfg, "config")) from None
+    except ValueError as error:  # a section's __post_init__ check
+        raise ConfigError(str(error)) from None
+
+
+def to_yaml(config: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(config))
+
+
+def _read_yaml(path: Path) -> DictConfig:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist (configs live in configs/*.yaml)")
+    try:
+        loaded = OmegaConf.load(path)
+    except Exception as error:  # yaml's own parse errors carry the line number
+        raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, not a list")
+    return loaded
+
+
+def _parse_overrides(overrides: Sequence[str]) -> DictConfig:
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"override {item!r} must look like key=value, e.g. env.id=gym_cards/EZPoints-v0")
+    try:
+        return OmegaConf.from_dotlist(list(overrides))
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"cannot parse overrides {list(overrides)}: {error}") from None
+
+
+def _merge(cfg: DictConfig, other: DictConfig, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(cfg, other)
+    except OmegaConfBaseException as error:
+        raise ConfigError(_describe(error, cfg, source)) from None
+
+
+def _describe(error: OmegaConfBaseException, cfg: DictConfig, source: str) -> str:
+    key = getattr(error, "full_key", None) or getattr(error, "key", None) or "?"
+    if isinstance(error, ConfigKeyError):
+        parent, _, leaf = str(key).rpartition(".")
+        section = OmegaConf.select(cfg, parent) if parent else cfg
+        valid = sorted(section.keys()) if isinstance(section, DictConfig) else []
+        hint = difflib.get_close_matches(leaf, valid, n=1)
+        suggestion = f"; did you mean '{parent + '.' if parent else ''}{hint[0]}'?" if hint else "."
+        where = f"'{parent}'" if parent else "the top level"
+        return f"unknown config key '{key}' in {source}{suggestion} Valid keys in {where}: {', '.join(valid)}"
+    message = str(error).splitlines()[0]
+    return f"bad value for config key '{key}' in {source}: {message}"

@@ -1,0 +1,73 @@
+from pathlib import Path
+
+import pytest
+
+from configs import Config, ConfigError, load_config
+from configs.loader import to_yaml
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+def test_defaults_and_overrides():
+    cfg = load_config()
+    assert isinstance(cfg, Config) and cfg.seed == 0 and cfg.env.id == "gym_cards/Points24-v0"
+    cfg = load_config(
+        None, ["seed=3", "env.id=gym_cards/EZPoints-v0", "env.alfworld.task_types=[look_at_obj_in_light]"]
+    )
+    assert cfg.seed == 3 and cfg.env.id == "gym_cards/EZPoints-v0"
+    assert cfg.env.alfworld.task_types == ["look_at_obj_in_light"]
+
+
+def test_yaml_then_overrides_win(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text("seed: 5\nenv:\n  obs_mode: text\n")
+    cfg = load_config(path, ["seed=6"])
+    assert (cfg.seed, cfg.env.obs_mode) == (6, "text")
+    assert "obs_mode: text" in to_yaml(cfg)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["env.idd=x"], "unknown config key 'env.idd' in command-line overrides; did you mean 'env.id'?"),
+        (["sed=1"], "did you mean 'seed'?"),
+        (["env.alfworld.splitt=train"], "Valid keys in 'env.alfworld': data_dir, max_actions"),
+        (["seed=abc"], "bad value for config key 'seed'"),
+        (["env.alfworld.max_repeats=lots"], "bad value for config key 'env.alfworld.max_repeats'"),
+        (["env.obs_mode=pixels"], "env.obs_mode='pixels' is not allowed; choose one of: image, text"),
+        (["env.id=gym_cards/Points25-v0"], "env.id='gym_cards/Points25-v0' is not allowed"),
+        (["env.alfworld.split=test"], "choose one of: train, valid_seen, valid_unseen, valid_train"),
+        (["env.alfworld.task_types=[juggle]"], "env.alfworld.task_types='juggle' is not allowed"),
+        (["env.alfworld.task_types=[]"], "env.alfworld.task_types is empty"),
+        (["env.max_steps=-1"], "env.max_steps must be >= 0"),
+        (["seed"], "override 'seed' must look like key=value"),
+    ],
+)
+def test_bad_input_names_the_key(overrides, message):
+    with pytest.raises(ConfigError) as error:
+        load_config(None, overrides)
+    assert message in str(error.value)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("env: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(listed)
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("env:\n  obs: image\n")
+    with pytest.raises(ConfigError, match=f"unknown config key 'env.obs' in config file {unknown}"):
+        load_config(unknown)
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_load_and_say_how_to_run_them(path):
+    load_config(path)
+    first_line = path.read_text().splitlines()[0]
+    assert first_line.startswith("# python -m "), f"{path.name} must start with a comment showing its command"

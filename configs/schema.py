@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from envs import ENV_IDS
 from envs.alfworld import TASK_TYPES as ALFWORLD_TASK_TYPES
 from envs.alfworld_data import SPLITS
+from envs.views import OBS_MODES
 
 
 def _choice(key: str, value, allowed) -> None:
@@ -51,7 +52,7 @@ class EnvConfig:
 
     def __post_init__(self):
         _choice("env.id", self.id, ENV_IDS)
-        _choice("env.obs_mode", self.obs_mode, ("image", "text"))
+        _choice("env.obs_mode", self.obs_mode, OBS_MODES)
         if self.max_steps < 0:
             raise ValueError(f"env.max_steps must be >= 0, got {self.max_steps}")
 

@@ -29,14 +29,14 @@ commands or ``max_repeats`` (5) identical commands in a row; truncated without p
 ``won``, ``task_type``, ``task``, ``admissible_commands``, ``admissible`` (for the last command),
 ``goal_condition_rate``, ``feedback``, ``previous_actions``, ``gamefile``, ``text``, and after a step
 ``outcome``: ok / won / repeats / max_actions / max_steps.
-``reset(options={"game": index_or_path})`` picks a game; otherwise the seeded RNG picks one.
+``reset(options={"game": index_or_path})`` picks a game (an index wraps around the game list, so
+evaluation can walk the split with 0, 1, 2, ...); otherwise the seeded RNG picks one.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import string
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,7 @@ from gymnasium import spaces
 
 from envs import alfworld_goal
 from envs.alfworld_data import split_dir
+from envs.views import TEXT_CHARSET
 
 TASK_TYPES = (
     "pick_and_place_simple",
@@ -55,7 +56,6 @@ TASK_TYPES = (
     "pick_cool_then_place_in_recep",
     "pick_two_obj_and_place",
 )
-TEXT_CHARSET = string.printable
 NOTHING_HAPPENS = "Nothing happens."
 _INSTALL_HINT = (
     "ALFWorld needs the optional `alfworld` extra (alfworld + textworld, about 5 minutes to compile): "

@@ -28,7 +28,7 @@ import gymnasium as gym
 import numpy as np
 
 from envs import render
-from envs.points24 import observation_space
+from envs.views import observation_space
 
 
 def card_value(rank: int) -> int:
@@ -61,8 +61,6 @@ class BlackjackEnv(gym.Env):
     def __init__(
         self, obs_mode: str = "image", natural: bool = False, sab: bool = False, render_mode: str | None = "rgb_array"
     ):
-        if obs_mode not in ("image", "text"):
-            raise ValueError(f"obs_mode must be 'image' or 'text', got {obs_mode!r}")
         self.obs_mode = obs_mode
         self.natural = natural
         self.sab = sab

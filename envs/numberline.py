@@ -23,7 +23,7 @@ import gymnasium as gym
 import numpy as np
 
 from envs import render
-from envs.points24 import observation_space
+from envs.views import observation_space
 
 
 class NumberLineEnv(gym.Env):
@@ -31,8 +31,6 @@ class NumberLineEnv(gym.Env):
     action_tokens = ("-", "+")
 
     def __init__(self, obs_mode: str = "image", max_position: int = 5, render_mode: str | None = "rgb_array"):
-        if obs_mode not in ("image", "text"):
-            raise ValueError(f"obs_mode must be 'image' or 'text', got {obs_mode!r}")
         if max_position < 1:
             raise ValueError(f"max_position must be at least 1, got {max_position}")
         self.obs_mode = obs_mode

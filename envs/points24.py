@@ -32,7 +32,6 @@ after a step ``outcome``: ok / overused / too_long / solved / wrong / step_limit
 
 from __future__ import annotations
 
-import string
 from typing import Any
 
 import gymnasium as gym
@@ -41,9 +40,7 @@ from gymnasium import spaces
 
 from envs import formula as F
 from envs import render, solver
-
-TEXT_CHARSET = string.printable
-TEXT_MAX_LENGTH = 4096
+from envs.views import observation_space
 
 
 class CardFormulaEnv(gym.Env):
@@ -60,8 +57,6 @@ class CardFormulaEnv(gym.Env):
     default_max_steps: int
 
     def __init__(self, obs_mode: str = "image", max_steps: int | None = None, render_mode: str | None = "rgb_array"):
-        if obs_mode not in ("image", "text"):
-            raise ValueError(f"obs_mode must be 'image' or 'text', got {obs_mode!r}")
         self.obs_mode = obs_mode
         self.render_mode = render_mode
         self.max_steps = self.default_max_steps if max_steps is None else int(max_steps)
@@ -165,12 +160,6 @@ class CardFormulaEnv(gym.Env):
             "solvable": solver.is_solvable(self.values, self.target, self._solver_ops),
             "text": self.text_view(),
         }
-
-
-def observation_space(obs_mode: str) -> spaces.Space:
-    if obs_mode == "image":
-        return spaces.Box(low=0, high=255, shape=(render.SIZE, render.SIZE, 3), dtype=np.uint8)
-    return spaces.Text(max_length=TEXT_MAX_LENGTH, charset=TEXT_CHARSET)
 
 
 class Points24Env(CardFormulaEnv):

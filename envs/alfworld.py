@@ -28,7 +28,7 @@ commands or ``max_repeats`` (5) identical commands in a row; truncated without p
 ## Info
 ``won``, ``task_type``, ``task``, ``admissible_commands``, ``admissible`` (for the last command),
 ``goal_condition_rate``, ``feedback``, ``previous_actions``, ``gamefile``, ``text``, and after a step
-``outcome``: ok / won / repeats / max_actions / max_steps.
+``outcome`` (ok / won / repeats / max_actions / max_steps) and ``success`` (won).
 ``reset(options={"game": index_or_path})`` picks a game (an index wraps around the game list, so
 evaluation can walk the split with 0, 1, 2, ...); otherwise the seeded RNG picks one.
 """
@@ -157,6 +157,7 @@ class ALFWorldEnv(gym.Env):
                 truncated, outcome = True, "max_steps"
         info = self._info()
         info["outcome"] = outcome
+        info["success"] = self.won
         return self.text_view(), reward, terminated, truncated, info
 
     def _start_game(self) -> None:

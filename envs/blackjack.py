@@ -90,7 +90,9 @@ class BlackjackEnv(gym.Env):
                 self.dealer.append(self._draw())
             reward = self._settle()
         self.done = terminated
-        return self._observation(), reward, terminated, False, self._info()
+        info = self._info()
+        info["success"] = terminated and reward > 0
+        return self._observation(), reward, terminated, False, info
 
     def _settle(self) -> float:
         player, dealer = score(self.player_ranks), score(self.dealer_ranks)
@@ -135,7 +137,10 @@ class BlackjackEnv(gym.Env):
         return self.render_frame()
 
     def render_frame(self) -> np.ndarray:
-        return render.blackjack_frame(self.dealer, self.player, reveal_dealer=self.done)
+        return render.from_state(self.render_state())
+
+    def render_state(self) -> tuple:
+        return ("blackjack", tuple(self.dealer), tuple(self.player), self.done)
 
     def _observation(self):
         return self.render_frame() if self.obs_mode == "image" else self.text_view()

@@ -67,7 +67,9 @@ class NumberLineEnv(gym.Env):
         terminated = after == 0
         reward = 1.0 if terminated else (-1.0 if after >= before else 0.0)
         truncated = not terminated and self.steps >= self.max_steps
-        return self._observation(), reward, terminated, truncated, self._info()
+        info = self._info()
+        info["success"] = terminated
+        return self._observation(), reward, terminated, truncated, info
 
     def text_view(self) -> str:
         return f"Target: {self.target}\nCurrent: {self.position}"
@@ -76,7 +78,10 @@ class NumberLineEnv(gym.Env):
         return self.render_frame()
 
     def render_frame(self) -> np.ndarray:
-        return render.numberline_frame(self.position, self.target, self.max_position)
+        return render.from_state(self.render_state())
+
+    def render_state(self) -> tuple:
+        return ("numberline", self.position, self.target, self.max_position)
 
     def _observation(self):
         return self.render_frame() if self.obs_mode == "image" else self.text_view()

@@ -26,7 +26,7 @@ The shared machinery for the formula card games lives here in ``CardFormulaEnv``
 
 ## Info
 ``hand`` (ranks 1..13), ``suits``, ``values``, ``formula`` (tokens), ``solvable``, ``text``, and
-after a step ``outcome``: ok / overused / too_long / solved / wrong / step_limit.
+after a step ``outcome`` (ok / overused / too_long / solved / wrong / step_limit) and ``success``.
 ``reset(options={"hand": [ranks], "suits": [...]})`` fixes the deal (suits optional).
 """
 
@@ -107,6 +107,7 @@ class CardFormulaEnv(gym.Env):
             truncated, outcome = True, "step_limit"
         info = self._info()
         info["outcome"] = outcome
+        info["success"] = outcome == "solved"
         return self._observation(), reward, terminated, truncated, info
 
     def is_solution(self, tokens) -> bool:
@@ -140,7 +141,11 @@ class CardFormulaEnv(gym.Env):
         return self.render_frame()
 
     def render_frame(self) -> np.ndarray:
-        return render.formula_frame(self.cards, self.formula)
+        return render.from_state(self.render_state())
+
+    def render_state(self) -> tuple:
+        """What the frame shows, compact and hashable: ``render.from_state`` redraws it exactly."""
+        return ("formula", self.cards, tuple(self.formula))
 
     @property
     def cards(self) -> tuple[tuple[int, str], ...]:

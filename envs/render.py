@@ -228,3 +228,19 @@ def _card_row(frame: np.ndarray, cards: Sequence[tuple[int, str]], y: int, hide_
     for i, (rank, suit) in enumerate(cards):
         patch = card_back(width, height) if i >= hide_from else card_face(rank, suit, width, height)
         blit(frame, patch, 10 + i * step, y)
+
+
+# ----------------------------------------------------------------------------- compact states
+
+
+def from_state(state: tuple) -> np.ndarray:
+    """Redraw a frame from an env's ``render_state()``: rollouts store the state, not the pixels."""
+    kind, *args = state
+    if kind == "formula":
+        return formula_frame(*args)
+    if kind == "numberline":
+        return numberline_frame(*args)
+    if kind == "blackjack":
+        dealer, player, reveal = args
+        return blackjack_frame(dealer, player, reveal_dealer=reveal)
+    raise ValueError(f"unknown render state kind {kind!r}")

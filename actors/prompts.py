@@ -1,0 +1,286 @@
+"""Prompts for each env and the parser of the model's JSON answers.
+
+The agent answers every step with one JSON object whose last key is ``"action"`` and which carries
+``"thoughts"`` before it (card games also ``"cards"`` and ``"formula"``, NumberLine its two numbers:
+DESIGN.md section 2). ``parse_response`` never raises: a malformed answer is a format penalty for
+the rollout, and the action is then recovered from the ``"action"`` value when it can be, else the
+configured fallback (the paper's random action, or the env's no-op where it has one).
+
+Which response tokens are thought tokens and which are action tokens comes from character
+positions (``token_masks``): thought tokens are those that start before the last top-level
+``"action"`` key; the rest (the key, its value, the closing brace, the end token) are action tokens.
+No token id is hard-coded (RL4VLM issue 17 broke on a tokenizer update that way).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import envs
+
+ACTION_KEY = "action"
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """What an env's prompt asks for: the answer's keys in order and the action vocabulary."""
+
+    env_id: str
+    keys: tuple[str, ...]  # answer keys, "action" last
+    actions: tuple[str, ...] | None  # the env's action names by index; None = free text (ALFWorld)
+    noop: str | None = None  # an action that changes nothing, for the "noop" fallback
+
+
+SPECS = {
+    envs.POINTS24: PromptSpec(
+        envs.POINTS24,
+        ("cards", "formula", "thoughts", "action"),
+        ("1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "+", "-", "*", "/", "(", ")", "="),
+    ),
+    envs.EZPOINTS: PromptSpec(
+        envs.EZPOINTS,
+        ("cards", "formula", "thoughts", "action"),
+        ("1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "+", "*", "="),
+    ),
+    envs.NUMBERLINE: PromptSpec(envs.NUMBERLINE, ("current number", "target number", "thoughts", "action"), ("-", "+")),
+    envs.BLACKJACK: PromptSpec(envs.BLACKJACK, ("thoughts", "action"), ("stand", "hit")),
+    envs.ALFWORLD: PromptSpec(envs.ALFWORLD, ("thoughts", "action"), None, noop="look"),
+}
+
+
+def spec_for(env_id: str) -> PromptSpec:
+    if env_id not in SPECS:
+        raise ValueError(f"no prompt for env {env_id!r}; known: {', '.join(SPECS)}")
+    return SPECS[env_id]
+
+
+# ----------------------------------------------------------------------------- prompt text
+
+
+@dataclass(frozen=True)
+class PromptText:
+    """A user message in two parts; the image (when there is one) goes between them.
+
+    ``text`` is the task's fixed instruction and answer format, the same at every step, so a batch of
+    prompts shares a long token prefix that the engine computes once (prefix caching); ``tail`` holds
+    what changes (the state in words, where the image does not show it).
+    """
+
+    text: str
+    tail: str
+
+
+def prompt_text(env_id: str, info: dict[str, Any], with_image: bool) -> PromptText:
+    """The user message for one step of ``env_id`` in the state ``info`` describes."""
+    return _PROMPTS[env_id](info, with_image)
+
+
+def _card_prompt(n_cards: int, target: int, ops: str):
+    actions = " ".join(SPECS[envs.POINTS24 if n_cards == 4 else envs.EZPOINTS].actions)
+    instruction = (
+        f"You are an expert card game player. Make {target} from {n_cards} cards using each card's value exactly "
+        f"once with {ops}; A counts as 1 and J, Q, K as 10. Each step appends one of {actions} to the formula; "
+        "= submits it.\n"
+        'Answer in JSON: {"cards": [values], "formula": "current formula", "thoughts": "your plan", '
+        '"action": "next token"}'
+    )
+
+    def build(info: dict[str, Any], with_image: bool) -> PromptText:
+        values = ", ".join(map(str, info["values"]))
+        seen = "" if with_image else f"Your cards: {' '.join(_card_names(info))} (values {values}).\n"
+        return PromptText(instruction, f"{seen}Current formula: {''.join(info['formula'])}")
+
+    return build
+
+
+def _card_names(info: dict[str, Any]) -> list[str]:
+    labels = {1: "A", 11: "J", 12: "Q", 13: "K"}
+    return [labels.get(rank, str(rank)) + suit for rank, suit in zip(info["hand"], info["suits"], strict=True)]
+
+
+_NUMBERLINE_INSTRUCTION = (
+    "You are playing number line. Move the current number to the target number: "
+    '"-" subtracts one, "+" adds one.\n'
+    'Answer in JSON: {"current number": x, "target number": y, "thoughts": "your reasoning", '
+    '"action": "-" or "+"}'
+)
+
+
+def _numberline_prompt(info: dict[str, Any], with_image: bool) -> PromptText:
+    seen = "" if with_image else f"Target: {info['target']}. Current: {info['position']}."
+    return PromptText(_NUMBERLINE_INSTRUCTION, seen)
+
+
+_BLACKJACK_INSTRUCTION = (
+    "You are a blackjack player. Get closer to 21 than the dealer without going over.\n"
+    'Answer in JSON: {"thoughts": "your total and the dealer\'s, then your choice", "action": "stand" or "hit"}'
+)
+
+
+def _blackjack_prompt(info: dict[str, Any], with_image: bool) -> PromptText:
+    return PromptText(_BLACKJACK_INSTRUCTION, "" if with_image else info["text"])
+
+
+_ALFWORLD_INSTRUCTION = (
+    "You are an expert household agent.\n"
+    'Answer in JSON: {"thoughts": "what you see and your plan", "action": "one admissible action"}'
+)
+
+
+def _alfworld_prompt(info: dict[str, Any], with_image: bool) -> PromptText:
+    return PromptText(_ALFWORLD_INSTRUCTION, info["text"])
+
+
+_PROMPTS = {
+    envs.POINTS24: _card_prompt(4, 24, "+ - * / and parentheses"),
+    envs.EZPOINTS: _card_prompt(2, 12, "+ and *"),
+    envs.NUMBERLINE: _numberline_prompt,
+    envs.BLACKJACK: _blackjack_prompt,
+    envs.ALFWORLD: _alfworld_prompt,
+}
+
+
+def format_answer(env_id: str, fields: dict[str, Any]) -> str:
+    """The JSON answer with the spec's keys in order (how demonstrations are written)."""
+    keys = spec_for(env_id).keys
+    missing = [k for k in keys if k not in fields]
+    if missing:
+        raise ValueError(f"answer for {env_id} lacks {missing}")
+    return json.dumps({k: fields[k] for k in keys}, ensure_ascii=True)
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+@dataclass(frozen=True)
+class ParsedResponse:
+    valid: bool  # one well-formed JSON object with every asked key and a known action
+    action_text: str | None  # the "action" value as written, when one could be read
+    action: int | str | None  # env action: index into the vocabulary, the command (ALFWorld), or None
+    thoughts: str | None
+    action_key_start: int | None  # char index of the last top-level "action" key; None if absent
+
+
+def parse_response(text: str, spec: PromptSpec) -> ParsedResponse:
+    """Read a model answer; never raises. ``action`` is None when no action could be recovered."""
+    keys = _top_level_keys(text)
+    action_keys = [k for k in keys if k[0] == ACTION_KEY]
+    key_start = action_keys[-1][1] if action_keys else None
+    action_text = _read_value(text, action_keys[-1][2]) if action_keys else None
+    obj = _whole_object(text)
+    thoughts = obj.get("thoughts") if isinstance(obj, dict) else None
+    if not isinstance(action_text, str):
+        action_text = None
+    action = _to_action(action_text, spec)
+    valid = (
+        isinstance(obj, dict)
+        and all(k in obj for k in spec.keys)
+        and isinstance(obj.get(ACTION_KEY), str)
+        and isinstance(thoughts, str)
+        and action is not None
+    )
+    return ParsedResponse(valid, action_text, action, thoughts if isinstance(thoughts, str) else None, key_start)
+
+
+def _to_action(action_text: str | None, spec: PromptSpec) -> int | str | None:
+    if action_text is None:
+        return None
+    value = action_text.strip()
+    if spec.actions is None:
+        return value or None
+    lowered = value.lower()
+    for index, name in enumerate(spec.actions):
+        if lowered == name:
+            return index
+    return None
+
+
+def _whole_object(text: str) -> Any:
+    """The JSON value when the text (trimmed) is exactly one JSON object, else None."""
+    stripped = text.strip()
+    if not stripped.startswith("{"):
+        return None
+    try:
+        value, end = json.JSONDecoder().raw_decode(stripped)
+    except (json.JSONDecodeError, RecursionError):
+        return None
+    return value if end == len(stripped) and isinstance(value, dict) else None
+
+
+def _top_level_keys(text: str) -> list[tuple[str, int, int]]:
+    """(key, start of its opening quote, index just after its colon) for keys at depth 1.
+
+    A tolerant scan: it follows strings (with escapes) and brackets, so a truncated or otherwise
+    malformed answer still yields the keys written so far, and a key-like text inside a string
+    value (``"thoughts": "say \\"action\\": +"``) is never taken for a key.
+    """
+    keys, depth, i, n = [], 0, 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == '"':
+            end = _string_end(text, i)
+            if depth == 1 and end < n:
+                j = end + 1
+                while j < n and text[j] in " \t\r\n":
+                    j += 1
+                if j < n and text[j] == ":":
+                    try:
+                        name = json.loads(text[i : end + 1])
+                    except json.JSONDecodeError:
+                        name = None
+                    if isinstance(name, str):
+                        keys.append((name, i, j + 1))
+            i = end + 1
+        elif c in "{[":
+            depth += 1
+            i += 1
+        elif c in "}]":
+            depth = max(depth - 1, 0)
+            i += 1
+        else:
+            i += 1
+    return keys
+
+
+def _string_end(text: str, start: int) -> int:
+    """Index of the closing quote of the string opening at ``start`` (len(text) if unterminated)."""
+    i = start + 1
+    while i < len(text):
+        if text[i] == "\\":
+            i += 2
+        elif text[i] == '"':
+            return i
+        else:
+            i += 1
+    return len(text)
+
+
+def _read_value(text: str, start: int) -> Any:
+    """The JSON value starting at ``start`` (after spaces), or None when it does not parse."""
+    i = start
+    while i < len(text) and text[i] in " \t\r\n":
+        i += 1
+    try:
+        value, _ = json.JSONDecoder().raw_decode(text, i)
+    except (json.JSONDecodeError, RecursionError):
+        return None  # e.g. an unterminated string: no action can be trusted
+    return value
+
+
+# ----------------------------------------------------------------------------- token masks
+
+
+def token_masks(spans: Sequence[tuple[int, int]], action_key_start: int | None) -> tuple[list[bool], list[bool]]:
+    """Thought and action masks over response tokens from their character spans.
+
+    Thought tokens start before the last ``"action"`` key; every later token is an action token.
+    Without an action key every token is a thought token (nothing before the key is "all of it").
+    Tokens with no characters (the end-of-turn token) belong to the action part when a key exists.
+    """
+    if action_key_start is None:
+        return [True] * len(spans), [False] * len(spans)
+    thought = [start < action_key_start and end > start for start, end in spans]
+    return thought, [not t for t in thought]

@@ -1,0 +1,110 @@
+"""LoRA on the language model only, and adapter state dicts that travel between processes.
+
+Targets are chosen by regex on module paths: the vision blocks also have ``gate_proj/up_proj/
+down_proj``, and the learner, the rollout engines (vLLM included) and the teacher must all apply
+the very same function, so the vision tower is never adapted (DESIGN.md section 5).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
+LANGUAGE_MODEL_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+ADAPTER_NAME = "default"
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    rank: int = 128  # DESIGN.md section 2: r=128, alpha=256, dropout 0.05
+    alpha: int = 256
+    dropout: float = 0.05
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.rank
+
+
+def add_lora(model, settings: LoraSettings) -> PeftModel:
+    config = LoraConfig(
+        r=settings.rank,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=LANGUAGE_MODEL_TARGETS,
+        bias="none",
+    )
+    return get_peft_model(model, config)
+
+
+def adapter_state(model: PeftModel) -> dict[str, torch.Tensor]:
+    """The LoRA weights (CPU copies), keyed the way ``load_adapter_state`` expects."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(model).items()}
+
+
+def load_adapter_state(model: PeftModel, state: dict[str, torch.Tensor]) -> None:
+    """Load LoRA weights in place; every adapter weight must be present (a partial load is an error)."""
+    expected = set(get_peft_model_state_dict(model))
+    missing, unexpected = expected - set(state), set(state) - expected
+    if missing or unexpected:
+        raise ValueError(
+            f"adapter does not fit this model: {len(missing)} missing (e.g. {sorted(missing)[:2]}), "
+            f"{len(unexpected)} unexpected (e.g. {sorted(unexpected)[:2]}); same base model and LoRA rank?"
+        )
+    result = set_peft_model_state_dict(model, state)
+    if getattr(result, "unexpected_keys", None):
+        raise ValueError(f"adapter keys not used by the model: {result.unexpected_keys[:3]}")
+
+
+def lora_deltas(state: dict[str, torch.Tensor], scaling: float) -> dict[str, torch.Tensor]:
+    """The full weight update of each LoRA'd module, ``dW = scaling * B @ A``, keyed by module path.
+
+    Module paths are those of the plain (un-wrapped) model, e.g.
+    ``model.language_model.layers.0.self_attn.q_proj``. This, never the A and B factors one by one,
+    is what the engines add to base weights and what the teacher's TIES merge works on.
+    """
+    factors: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in state.items():
+        for part in ("lora_A", "lora_B"):
+            marker = f".{part}."
+            if marker in key:
+                module = key.split(marker)[0].removeprefix("base_model.model.")
+                factors.setdefault(module, {})[part] = tensor
+    deltas = {}
+    for module, pair in factors.items():
+        if set(pair) != {"lora_A", "lora_B"}:
+            raise ValueError(f"adapter has only {sorted(pair)} for {module}")
+        deltas[module] = scaling * (pair["lora_B"].float() @ pair["lora_A"].float())
+    return deltas
+
+
+class MergedWeights:
+    """Keeps pristine copies of the LoRA'd modules' base weights and sets ``W = W0 + dW`` in place.
+
+    Re-merging from the pristine copy (never ``W -= dW`` then ``W += dW'``) keeps fp32 round-off from
+    accumulating over hundreds of adapter versions. Generation then runs plain linear layers, with no
+    LoRA branch to pay for at every token.
+    """
+
+    def __init__(self, model: torch.nn.Module, modules: list[str]):
+        self.model = model
+        self.base = {name: model.get_submodule(name).weight.detach().clone() for name in modules}
+
+    @torch.no_grad()
+    def apply(self, deltas: dict[str, torch.Tensor]) -> None:
+        unknown = set(deltas) - set(self.base)
+        if unknown:
+            raise ValueError(f"adapter targets modules this model does not adapt: {sorted(unknown)[:3]}")
+        for name, w0 in self.base.items():
+            weight = self.model.get_submodule(name).weight
+            delta = deltas.get(name)
+            weight.copy_(w0 if delta is None else (w0.float() + delta.to(w0.device)).to(w0.dtype))
+
+
+def lora_target_modules(model: torch.nn.Module) -> list[str]:
+    """Module paths LANGUAGE_MODEL_TARGETS selects in a plain model (what add_lora would adapt)."""
+    import re
+
+    pattern = re.compile(LANGUAGE_MODEL_TARGETS)
+    return [name for name, module in model.named_modules() if pattern.fullmatch(name) and hasattr(module, "weight")]

@@ -1,0 +1,69 @@
+import json
+
+import torch
+
+import envs
+from actors.rollout import EVAL_SEED_BASE
+from configs import load_config
+from learner import sft
+from models import scoring
+from models.loading import load_vlm
+
+
+def _cfg(tmp_path, *overrides):
+    return load_config(
+        None,
+        [
+            "policy.path=embedded:xs",
+            "env.id=gym_cards/NumberLine-v0",
+            "env.obs_mode=text",
+            "sft.batch_size=8",
+            "sft.warmup_steps=2",
+            "sft.eval_every=0",
+            "eval.episodes=6",
+            "eval.num_envs=6",
+            f"run_dir={tmp_path}",
+            *overrides,
+        ],
+    )
+
+
+def test_demonstrations_skip_every_held_out_hand(tmp_path):
+    cfg = _cfg(tmp_path, "env.id=gym_cards/EZPoints-v0", "eval.episodes=100")
+    held_out = sft.held_out_keys(cfg)
+    assert 30 < len(held_out) <= 100
+    stream = sft.demonstrations(cfg, held_out)
+    env = envs.make_env(cfg.env)
+    seen = 0
+    for demo in (next(stream) for _ in range(200)):
+        answer = json.loads(demo.answer)
+        assert answer["action"] in env.action_tokens and demo.observation.frame is None  # text mode
+        seen += 1
+    assert seen == 200
+    assert all(seed < EVAL_SEED_BASE for seed in [sft.train_seed(cfg.seed, 10_000 + e, 0) for e in range(1000)])
+
+
+def test_sft_lowers_the_loss_and_writes_a_loadable_checkpoint(tmp_path):
+    cfg = _cfg(tmp_path, "sft.steps=40", "sft.lr=3e-3")
+    trainer = sft.SFTTrainer(cfg)
+    stream = sft.demonstrations(cfg, set())
+    fixed = [next(stream) for _ in range(8)]
+    before = trainer.step(fixed)["loss"]
+    for _ in range(30):
+        trainer.step([next(stream) for _ in range(8)])
+    after = trainer.step(fixed)["loss"]
+    assert after < 0.5 * before
+    trainer.save(tmp_path / "ckpt")
+    model, processor = load_vlm(str(tmp_path / "ckpt"))
+    prompts = processor.encode([("a", "b")], [None])
+    with torch.no_grad():
+        trainer.model.eval()
+        ours = scoring.score(trainer.model, trainer.processor, prompts, [[40, 41, 2]], 1.0).logprobs
+        loaded = scoring.score(model, processor, prompts, [[40, 41, 2]], 1.0).logprobs
+    assert torch.allclose(ours, loaded, atol=1e-6)
+
+
+def test_run_writes_summary_and_checkpoint(tmp_path):
+    summary = sft.run(_cfg(tmp_path, "sft.steps=3"), log=lambda *_: None)
+    assert (tmp_path / "sft" / "config.json").is_file() and (tmp_path / "sft_summary.json").is_file()
+    assert summary["history"][-1]["episodes"] == 6.0 and summary["history"][-1]["step"] == 3

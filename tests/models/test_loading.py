@@ -1,0 +1,42 @@
+import json
+
+import pytest
+import torch
+
+from models import embedded, scoring
+from models.loading import load_vlm, resolve
+
+
+def _logprobs(model, processor):
+    encoded = processor.encode([("a prompt", "with a tail")], [None])
+    with torch.no_grad():
+        return scoring.score(model, processor, encoded, [[10, 11, 12, 2]], temperature=1.0).logprobs
+
+
+def test_embedded_model_sizes():
+    model, _ = load_vlm("embedded:xs")
+    assert 100_000 < sum(p.numel() for p in model.parameters()) < 1_000_000  # a few hundred thousand
+    model_s, _ = load_vlm("embedded:s")
+    assert 1_000_000 < sum(p.numel() for p in model_s.parameters()) < 10_000_000  # a few million
+    assert type(model).__name__ == "Qwen2_5_VLForConditionalGeneration"
+
+
+def test_save_and_load_back_gives_identical_logprobs(tmp_path):
+    model, processor = load_vlm("embedded:xs")
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    again, processor_again = load_vlm(str(tmp_path))
+    assert torch.equal(_logprobs(model, processor), _logprobs(again, processor_again))
+    assert embedded.fingerprint(model) == embedded.fingerprint(again)
+
+
+def test_bad_model_paths(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model.path"):
+        resolve(str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        resolve(str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(ValueError, match="qwen2_5_vl"):
+        resolve(str(tmp_path))
+    with pytest.raises(ValueError, match="embedded:xs"):
+        resolve("embedded:huge")

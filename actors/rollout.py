@@ -63,13 +63,22 @@ class _EnvSlot:
 
 
 class RolloutWorker:
-    def __init__(self, env_cfg, engine: PolicyEngine, settings: RolloutSettings, seed: int = 0, worker_index: int = 0):
+    def __init__(
+        self,
+        env_cfg,
+        engine: PolicyEngine,
+        settings: RolloutSettings,
+        seed: int = 0,
+        worker_index: int = 0,
+        eval_env_cfg=None,
+    ):
         if settings.invalid_action not in INVALID_ACTIONS:
             raise ValueError(f"invalid_action must be one of {INVALID_ACTIONS}, got {settings.invalid_action!r}")
         self.spec: PromptSpec = spec_for(env_cfg.id)
         if settings.invalid_action == "noop" and self.spec.noop is None:
             raise ValueError(f"{env_cfg.id} has no no-op action; use invalid_action=random")
         self.env_cfg, self.engine, self.settings = env_cfg, engine, settings
+        self.eval_env_cfg = eval_env_cfg or env_cfg  # e.g. ALFWorld: train split vs valid_unseen
         self.seed, self.worker_index = seed, worker_index
         self.with_image = env_cfg.obs_mode == "image" and env_cfg.id != envs.ALFWORLD
         self.rng = np.random.default_rng([seed, worker_index])  # fallback actions only
@@ -127,7 +136,7 @@ class RolloutWorker:
         )
         seed = self.seed if seed is None else seed
         if not self._eval_slots:
-            self._eval_slots = [_EnvSlot(envs.make_env(self.env_cfg), i) for i in range(self.settings.num_envs)]
+            self._eval_slots = [_EnvSlot(envs.make_env(self.eval_env_cfg), i) for i in range(self.settings.num_envs)]
         pending = list(range(episodes))
         active: list[_EnvSlot] = []
         for slot in self._eval_slots[: min(episodes, len(self._eval_slots))]:

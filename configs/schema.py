@@ -103,9 +103,11 @@ class EvalConfig:
     episodes: int = 200  # held-out episodes (seeds disjoint from every training seed)
     num_envs: int = 50  # episodes played side by side
     temperature: float = 0.0  # 0 = greedy
+    alfworld_split: str = "valid_unseen"  # ALFWorld evaluates on another split than it trains on
 
     def __post_init__(self):
         _positive("eval", self, ("episodes", "num_envs"))
+        _choice("eval.alfworld_split", self.alfworld_split, SPLITS)
 
 
 @dataclass

@@ -13,6 +13,7 @@ The paper starts RL from an SFT model too (DESIGN.md section 2).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -57,7 +58,19 @@ def state_key(env_id: str, info: dict) -> tuple:
     return ()
 
 
+def eval_env_config(cfg: Config):
+    """The env section evaluation uses: the same, but ALFWorld plays ``eval.alfworld_split``."""
+    if cfg.env.id != envs.ALFWORLD:
+        return cfg.env
+    return dataclasses.replace(cfg.env, alfworld=dataclasses.replace(cfg.env.alfworld, split=cfg.eval.alfworld_split))
+
+
 def held_out_keys(cfg: Config) -> set[tuple]:
+    """Start states of the evaluation episodes. ALFWorld needs none: it evaluates on another split."""
+    if cfg.env.id == envs.ALFWORLD:
+        if cfg.eval.alfworld_split == cfg.env.alfworld.split:
+            raise ValueError("ALFWorld evaluation must use another split than training (eval.alfworld_split)")
+        return set()
     env = envs.make_env(cfg.env)
     return {state_key(cfg.env.id, env.reset(seed=eval_seed(cfg.seed, j))[1]) for j in range(cfg.eval.episodes)}
 
@@ -133,8 +146,9 @@ class SFTTrainer:
         self.model.eval()
         try:
             engine = HFEngine.from_model(self.model, self.processor, seed=self.cfg.seed)
+            settings = _rollout_settings(self.cfg, self.cfg.eval.num_envs)
             worker = RolloutWorker(
-                self.cfg.env, engine, _rollout_settings(self.cfg, self.cfg.eval.num_envs), self.cfg.seed
+                self.cfg.env, engine, settings, self.cfg.seed, eval_env_cfg=eval_env_config(self.cfg)
             )
             sampling = SamplingParams(self.cfg.eval.temperature, self.cfg.policy.top_k, self.cfg.policy.max_new_tokens)
             return summarize(worker.evaluate(self.cfg.eval.episodes, sampling))

@@ -41,6 +41,11 @@ def test_yaml_then_overrides_win(tmp_path):
         (["env.alfworld.task_types=[]"], "env.alfworld.task_types is empty"),
         (["env.max_steps=-1"], "env.max_steps must be >= 0"),
         (["seed"], "override 'seed' must look like key=value"),
+        (["policy.dtype=int8"], "policy.dtype='int8' is not allowed; choose one of: float32, bfloat16, float16"),
+        (["rollout.invalid_action=skip"], "rollout.invalid_action='skip' is not allowed"),
+        (["sft.steps=0"], "sft.steps must be > 0"),
+        (["policy.lora_dropout=1.5"], "policy.lora_dropout must be in [0, 1)"),
+        (["policy.temprature=0.3"], "did you mean 'policy.temperature'?"),
     ],
 )
 def test_bad_input_names_the_key(overrides, message):

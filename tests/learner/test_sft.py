@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import torch
 
 import envs
@@ -67,3 +68,28 @@ def test_run_writes_summary_and_checkpoint(tmp_path):
     summary = sft.run(_cfg(tmp_path, "sft.steps=3"), log=lambda *_: None)
     assert (tmp_path / "sft" / "config.json").is_file() and (tmp_path / "sft_summary.json").is_file()
     assert summary["history"][-1]["episodes"] == 6.0 and summary["history"][-1]["step"] == 3
+
+
+@pytest.mark.alfworld
+def test_alfworld_sft_trains_on_walkthroughs_and_evaluates_on_another_split(tmp_path):
+    cfg = _cfg(
+        tmp_path,
+        "env.id=alfworld/ALFWorld-v0",
+        "env.alfworld.split=valid_unseen",
+        "env.alfworld.num_games=3",
+        "env.alfworld.max_actions=4",
+        "eval.alfworld_split=valid_seen",
+        "eval.episodes=2",
+        "eval.num_envs=2",
+        "rollout.invalid_action=noop",
+        "policy.max_new_tokens=16",
+        "sft.steps=2",
+        "sft.batch_size=4",
+    )
+    demo = next(sft.demonstrations(cfg, sft.held_out_keys(cfg)))
+    assert "Admissible actions:" in demo.observation.tail and json.loads(demo.answer)["action"]
+    summary = sft.run(cfg, log=lambda *_: None)
+    assert summary["history"][-1]["episodes"] == 2.0
+    same_split = _cfg(tmp_path, "env.id=alfworld/ALFWorld-v0", "eval.alfworld_split=train")
+    with pytest.raises(ValueError, match="another split"):
+        sft.held_out_keys(same_split)

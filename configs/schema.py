@@ -113,6 +113,10 @@ class EvalConfig:
 @dataclass
 class SFTConfig:
     full: bool = True  # full fine-tuning (fine for the tiny model) or LoRA (policy.lora_*)
+    # Keep the vision tower (patch embedding, blocks, merger) fixed. On the random embedded model this
+    # is what makes images learnable: its random features already encode the cards (a linear probe
+    # reads them perfectly), and training the tower at SFT learning rates washes that out (docs/BENCHMARKS.md).
+    freeze_vision: bool = True
     steps: int = 600  # optimizer steps (the cosine schedule's length)
     minutes: float = 10.0  # wall-clock cap; 0 = none
     batch_size: int = 16  # env steps per optimizer step

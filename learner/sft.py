@@ -113,6 +113,10 @@ class SFTTrainer:
         model, self.processor = load_vlm(cfg.policy.path, cfg.policy.dtype, cfg.policy.device)
         if not cfg.sft.full:
             model = add_lora(model, _lora(cfg))
+        if cfg.sft.freeze_vision:
+            for name, param in model.named_parameters():
+                if ".visual." in f".{name}":
+                    param.requires_grad_(False)
         self.model = model.train()
         params = [p for p in self.model.parameters() if p.requires_grad]
         s = cfg.sft

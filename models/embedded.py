@@ -30,7 +30,7 @@ from models.processing import VLProcessor
 from models.tokenizer import train_tokenizer
 
 # Bump when anything below changes what gets built, so caches are rebuilt.
-BUILD_VERSION = 4
+BUILD_VERSION = 5
 
 SIZES = {
     "xs": {

@@ -29,10 +29,6 @@ DEFAULT_LORA = LoraSettings()
 MIN_SHARED_PREFIX = 16  # tokens; below this a shared prefix is not worth a separate forward
 
 
-DEFAULT_LORA = LoraSettings()
-MIN_SHARED_PREFIX = 16  # tokens; below this a shared prefix is not worth a separate forward
-
-
 class HFEngine:
     """A Qwen2.5-VL policy (base + LoRA) served with transformers on CPU or GPU."""
 
@@ -62,7 +58,8 @@ class HFEngine:
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self._version = 0
         self._adapter: dict[str, torch.Tensor] = {}
-        self._prefix = None  # ((prefix ids, adapter version), KV cache of the prefix)
+        self._loads = 0  # adapter loads so far: the prefix cache is valid for one set of weights
+        self._prefix = None  # ((prefix ids, loads), KV cache of the prefix)
         self.timing: dict[str, float] = {}  # seconds per phase of the last generate
         self._prefill_seconds = 0.0
 
@@ -79,6 +76,7 @@ class HFEngine:
         self.merged.apply(lora_deltas(adapter, self.lora.scaling))
         self._adapter = dict(adapter)
         self._version = version
+        self._loads += 1
 
     def adapter(self) -> dict[str, torch.Tensor]:
         """The adapter being served (empty before the first load)."""
@@ -194,11 +192,11 @@ class HFEngine:
         return out, full["attention_mask"], next_position
 
     def _prefix_cache(self, prefix: tuple[int, ...]):
-        if self._prefix is None or self._prefix[0] != (prefix, self._version):
+        if self._prefix is None or self._prefix[0] != (prefix, self._loads):
             ids = torch.tensor([prefix], device=self.device)
             positions = torch.arange(len(prefix), device=self.device).view(1, 1, -1).expand(3, 1, -1)
             out = self.model(input_ids=ids, position_ids=positions, use_cache=True, logits_to_keep=1)
-            self._prefix = ((prefix, self._version), out.past_key_values)
+            self._prefix = ((prefix, self._loads), out.past_key_values)
         return self._prefix[1]
 
     def _pick(self, logits: torch.Tensor, sampling: SamplingParams) -> tuple[torch.Tensor, torch.Tensor]:

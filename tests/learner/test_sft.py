@@ -93,3 +93,14 @@ def test_alfworld_sft_trains_on_walkthroughs_and_evaluates_on_another_split(tmp_
     same_split = _cfg(tmp_path, "env.id=alfworld/ALFWorld-v0", "eval.alfworld_split=train")
     with pytest.raises(ValueError, match="another split"):
         sft.held_out_keys(same_split)
+
+
+def test_vision_tower_is_frozen_by_default(tmp_path):
+    for freeze in (True, False):
+        cfg = _cfg(tmp_path, "env.obs_mode=image", f"sft.freeze_vision={freeze}")
+        trainer = sft.SFTTrainer(cfg)
+        before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "visual" in n}
+        stream = sft.demonstrations(cfg, set())
+        trainer.step([next(stream) for _ in range(4)])
+        changed = [n for n, p in trainer.model.named_parameters() if "visual" in n and not torch.equal(p, before[n])]
+        assert (not changed) if freeze else changed

@@ -40,3 +40,14 @@ def test_bad_model_paths(tmp_path):
         resolve(str(tmp_path))
     with pytest.raises(ValueError, match="embedded:xs"):
         resolve("embedded:huge")
+
+
+def test_fast_patch_embedding_equals_the_conv3d():
+    model, processor = load_vlm("embedded:xs")
+    embed = model.model.visual.patch_embed
+    still = processor.pixels(torch.randint(0, 256, (300, 300, 3), dtype=torch.uint8).numpy())[0]
+    moving = still.clone()
+    moving.view(-1, 3, 2, 196)[:, :, 1] += 0.5  # two different frames: no folding allowed
+    for x in (still, moving):
+        reference = embed.proj(x.view(-1, 3, 2, 14, 14)).view(-1, embed.embed_dim)
+        assert torch.allclose(embed(x), reference, atol=1e-5)

@@ -5,7 +5,9 @@ Every failure is a ``ConfigError`` whose message names the key and says how to f
 
 from __future__ import annotations
 
+import argparse
 import difflib
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,6 +34,23 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         raise ConfigError(_describe(error, cfg, "config")) from None
     except ValueError as error:  # a section's __post_init__ check
         raise ConfigError(str(error)) from None
+
+
+def parse_cli(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None, default_config: str | None = None
+) -> tuple[argparse.Namespace, Config]:
+    """Add ``--config`` and ``key=value`` overrides to a command's parser and load the config.
+
+    A bad config prints ``error: ...`` naming the key and exits with status 2, before anything starts.
+    """
+    parser.add_argument("--config", default=default_config, help="a YAML file under configs/")
+    parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. env.id=gym_cards/EZPoints-v0")
+    args = parser.parse_args(argv)
+    try:
+        return args, load_config(args.config, args.overrides)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def to_yaml(config: Config) -> str:

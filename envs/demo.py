@@ -15,23 +15,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from configs import ConfigError, load_config
+from configs.loader import parse_cli
 from envs import make_env
 from envs.experts import expert_action
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/points24.yaml")
     parser.add_argument("--episodes", type=int, default=3)
     parser.add_argument("--out", default="runs/demo")
-    parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. env.id=gym_cards/EZPoints-v0")
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    args, cfg = parse_cli(parser, argv, default_config="configs/points24.yaml")
     env = make_env(cfg.env)
     out = Path(args.out) / cfg.env.id.replace("/", "_")
     out.mkdir(parents=True, exist_ok=True)

@@ -33,8 +33,8 @@ from actors.engines.hf import HFEngine
 from actors.prompts import prompt_text
 from actors.rollout import RolloutSettings, RolloutWorker, eval_seed, train_seed
 from actors.trajectory import Observation, summarize
-from configs import Config, ConfigError, load_config
-from configs.loader import to_yaml
+from configs import Config
+from configs.loader import parse_cli, to_yaml
 from configs.schema import SFTConfig
 from models import scoring
 from models.loading import load_vlm
@@ -227,15 +227,7 @@ def _warmup_cosine(s: SFTConfig) -> Callable[[int], float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="SFT warm start from scripted experts")
-    parser.add_argument("--config", default=None)
-    parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    _, cfg = parse_cli(argparse.ArgumentParser(description="SFT warm start from scripted experts"), argv)
     run(cfg)
     return 0
 

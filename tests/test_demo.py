@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import pytest
+
 from envs.demo import main
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "points24.yaml")
@@ -17,6 +19,8 @@ def test_demo_writes_frames_and_transcripts(tmp_path, capsys):
 
 
 def test_demo_rejects_a_bad_key(tmp_path, capsys):
-    assert main(["--config", CONFIG, "--out", str(tmp_path), "env.idd=x"]) == 2
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", CONFIG, "--out", str(tmp_path), "env.idd=x"])
+    assert exit_info.value.code == 2
     assert "did you mean 'env.id'" in capsys.readouterr().err
     assert not any(Path(tmp_path).iterdir())

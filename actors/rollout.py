@@ -120,7 +120,8 @@ class RolloutWorker:
                     slot.start(None)
             seconds["generate"] += t1 - t0
             seconds["env"] += time.perf_counter() - t1
-        return Batch(transitions, episodes, version, len(self.slots), seconds)
+        next_observations = [self._observation(slot) for slot in self.slots]
+        return Batch(transitions, episodes, version, len(self.slots), next_observations, seconds)
 
     def load_adapter(self, adapter: dict[str, Any], version: int) -> None:
         self.engine.load_adapter(adapter, version)

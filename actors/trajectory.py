@@ -76,6 +76,7 @@ class Batch:
     episodes: list[EpisodeStats]  # episodes that finished during this batch
     policy_version: int
     num_envs: int
+    next_observations: list[Observation] = field(default_factory=list)  # (K,) where each env is now, for bootstrapping
     seconds: dict[str, float] = field(default_factory=dict)  # time per phase (generate, env, parse)
 
     @property

@@ -3,7 +3,7 @@
 Loaded with ``OmegaConf.structured(Config)``, merged with a YAML file and ``key=value`` overrides
 (configs/loader.py); unknown keys and wrong types fail at start-up naming the key, and each
 section's ``__post_init__`` checks values that a type cannot (choices, ranges).
-Later issues add their sections (learner, teacher, cluster) here.
+Later issues add their sections (cluster, logging) here.
 """
 
 from __future__ import annotations
@@ -135,6 +135,69 @@ class SFTConfig:
 
 
 @dataclass
+class LearnerConfig:
+    lr: float = 1.0e-5  # Adam, cosine decay over the run (DESIGN.md section 2)
+    min_lr_ratio: float = 0.0
+    adam_eps: float = 1.0e-7
+    epochs: int = 4  # PPO epochs per update
+    minibatch_size: int = 128  # env steps per optimizer step
+    micro_batch_size: int = 8  # env steps per forward/backward (gradient accumulation)
+    clip: float = 0.1  # policy ratio clip
+    value_clip: float = 0.1
+    value_coef: float = 0.5
+    max_grad_norm: float = 0.01
+    gamma: float = 0.9  # GAE over env steps
+    gae_lambda: float = 0.95
+    normalize_advantages: bool = True
+    sft_coef: float = 1.0  # weight of the SFT-guidance loss (one replayed label per minibatch)
+
+    def __post_init__(self):
+        _positive("learner", self, ("lr", "epochs", "minibatch_size", "micro_batch_size", "max_grad_norm"))
+        if not (0 <= self.gamma <= 1 and 0 <= self.gae_lambda <= 1):
+            raise ValueError("learner.gamma and learner.gae_lambda must lie in [0, 1]")
+
+
+@dataclass
+class TeacherConfig:
+    guidance: str = "kl"  # none (RL4VLM PPO) | kl (GTR-Turbo-KL) | sft (GTR-Turbo-SFT)
+    reference: str = "merged"  # merged (TIES of the run's checkpoints) | initial (the static ablation)
+    merge: str = "ties"  # ties | linear (the ablation)
+    weights: str = "sma"  # sma (uniform) | ema (recent heavier)
+    ema_alpha: float = 0.5
+    density: float = 0.8  # TIES trim: share of each update's entries kept
+    merge_interval: int = 1  # re-merge after every n new checkpoints
+    max_checkpoints: int = 0  # checkpoints kept in the buffer (0 = all)
+    kl_estimator: str = "k1_clip"  # k1_clip | abs | k3
+    kl_coef: float = 1.0  # beta in A' = A - beta * KL
+    replay_size: int = 10_000  # SFT-guidance labels kept
+    device: str = ""  # "" = policy.device; the teacher's own device when there is one
+    chunk_rows: int = 4096  # rows of a weight update merged at a time (bounds merge memory)
+
+    def __post_init__(self):
+        _choice("teacher.guidance", self.guidance, ("none", "kl", "sft"))
+        _choice("teacher.reference", self.reference, ("merged", "initial"))
+        _choice("teacher.merge", self.merge, ("ties", "linear"))
+        _choice("teacher.weights", self.weights, ("sma", "ema"))
+        _choice("teacher.kl_estimator", self.kl_estimator, ("k1_clip", "abs", "k3"))
+        _positive("teacher", self, ("merge_interval", "chunk_rows", "replay_size"))
+        if not 0 < self.density <= 1 or not 0 < self.ema_alpha <= 1:
+            raise ValueError("teacher.density and teacher.ema_alpha must lie in (0, 1]")
+
+
+@dataclass
+class TrainConfig:
+    iterations: int = 10  # PPO updates
+    rounds: int = 16  # lock-step rounds per worker per iteration (env steps = rounds * num_envs * workers)
+    num_workers: int = 1  # rollout workers
+    eval_every: int = 5  # iterations between held-out evaluations (0 = only at the end)
+    eval_teacher: bool = True  # also evaluate the merged teacher as a policy
+    buffer_dir: str = ""  # teacher checkpoints on disk; "" = <run_dir>/teacher
+
+    def __post_init__(self):
+        _positive("train", self, ("iterations", "rounds", "num_workers"))
+
+
+@dataclass
 class Config:
     seed: int = 0  # the one base seed; workers and evaluation derive theirs from it
     run_dir: str = ""  # where outputs go; "" = runs/<command>-<time>
@@ -143,3 +206,6 @@ class Config:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)

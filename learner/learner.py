@@ -1,0 +1,239 @@
+"""The Learner: PPO on LoRA + value head over rollout batches, with GTR-Turbo's shaping.
+
+A plain class (no Ray). One ``update`` is the paper's learning phase (DESIGN.md sections 2 and 6):
+
+1. values of every visited state and of each env's current state (bootstrap), no gradient;
+2. GAE over each env's steps on the env rewards (gamma 0.9, lambda 0.95);
+3. the format reward added to that step's advantage and return after GAE (GTR-Turbo);
+4. the teacher's KL penalty, when given, shapes the advantage: A' = A - beta * KL;
+5. advantages normalised over the update; ``epochs`` passes of shuffled minibatches, each the mean of
+   micro-batches (gradient accumulation): clipped policy loss on the step log-prob
+   ``lambda * thought + action``, clipped value loss, plus for SFT guidance the cross-entropy of one
+   replayed teacher label on its thought tokens; grad-norm clip; Adam with cosine decay.
+
+Its randomness (minibatch order, LoRA dropout) comes from its own saved RNG state, so a learner
+restored from ``state_dict`` makes the very next update bit for bit (CPU).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from actors.trajectory import Batch, Observation, Transition
+from configs.schema import LearnerConfig
+from learner.gae import gae
+from learner.logprob import step_logprob
+from learner.policy_model import PolicyModel
+from learner.ppo_loss import explained_variance, policy_loss, value_loss
+from models.lora import LoraSettings
+
+
+@dataclass
+class SFTLabel:
+    """A teacher-written answer for a visited state: train on ``loss_mask`` tokens (its thoughts)."""
+
+    observation: Observation
+    token_ids: list[int]  # (T,) the label, end token included
+    loss_mask: list[bool]  # (T,) thought tokens; the student's own action is context only
+
+
+class Learner:
+    def __init__(
+        self,
+        cfg: LearnerConfig,
+        model_path: str,
+        lora: LoraSettings,
+        temperature: float,
+        thought_weight: float,
+        total_updates: int,
+        updates_per_iteration: int,
+        kl_coef: float = 1.0,
+        dtype: str = "float32",
+        device: str = "cpu",
+        seed: int = 0,
+    ):
+        self.cfg, self.temperature, self.thought_weight, self.kl_coef = cfg, temperature, thought_weight, kl_coef
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.policy = PolicyModel(model_path, lora, dtype=dtype, device=device)
+            self._rng_state = torch.get_rng_state()
+        self.device = torch.device(device)
+        self.processor = self.policy.processor
+        self.optimizer = torch.optim.Adam(self.policy.trainable_parameters(), lr=cfg.lr, eps=cfg.adam_eps)
+        total_steps = max(1, total_updates * updates_per_iteration)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _cosine(total_steps, cfg.min_lr_ratio))
+        self.version = 0
+
+    # ------------------------------------------------------------------ the update
+
+    def update(
+        self,
+        batches: Sequence[Batch],
+        kl: Sequence[float] | None = None,
+        sft_labels: Sequence[SFTLabel] = (),
+    ) -> dict[str, float]:
+        """One PPO update over the workers' batches; ``kl`` holds one penalty per transition (batch order)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(self._rng_state)
+            stats = self._update(batches, kl, sft_labels)
+            self._rng_state = torch.get_rng_state()
+        return stats
+
+    def _update(self, batches, kl, sft_labels) -> dict[str, float]:
+        cfg = self.cfg
+        transitions = [t for b in batches for t in b.transitions]
+        old_values, advantages, returns, gae_adv = self._advantages(batches)
+        if kl is not None:
+            if len(kl) != len(transitions):
+                raise ValueError(f"{len(kl)} KL penalties for {len(transitions)} transitions")
+            advantages = advantages - self.kl_coef * torch.tensor(kl, dtype=torch.float32)
+        if cfg.normalize_advantages and len(advantages) > 1:
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        old_logp = torch.tensor([t.old_logprob for t in transitions])
+        totals: dict[str, float] = {}
+        steps = 0
+        n = len(transitions)
+        for _ in range(cfg.epochs):
+            order = torch.randperm(n).tolist()
+            for start in range(0, n, cfg.minibatch_size):
+                indices = order[start : start + cfg.minibatch_size]
+                label = sft_labels[int(torch.randint(len(sft_labels), ()).item())] if sft_labels else None
+                mb = self._minibatch(transitions, indices, old_logp, old_values, advantages, returns, label)
+                for key, value in mb.items():
+                    totals[key] = totals.get(key, 0.0) + value
+                steps += 1
+        stats = {f"losses/{k}": v / steps for k, v in totals.items()}
+        stats |= {
+            "losses/explained_variance": explained_variance(old_values, returns),
+            "losses/advantage_mean": gae_adv.mean().item(),
+            "losses/lr": self.scheduler.get_last_lr()[0],
+            "losses/optimizer_steps": float(steps),
+        }
+        if kl is not None:
+            stats["teacher/kl"] = float(np.mean(kl))
+        return stats
+
+    def _advantages(self, batches):
+        """Old values, shaped advantages, returns and the raw GAE advantages, flat in batch order."""
+        cfg = self.cfg
+        values_all, adv_all, ret_all, gae_all = [], [], [], []
+        for batch in batches:
+            rounds, k = len(batch.transitions) // batch.num_envs, batch.num_envs
+            values = self._values([t.observation for t in batch.transitions]).view(rounds, k)
+            last_done = torch.tensor([t.done for t in batch.transitions[-k:]])
+            next_values = self._values(batch.next_observations) * ~last_done
+            rewards = _grid([t.env_reward for t in batch.transitions], rounds, k)
+            dones = _grid([t.done for t in batch.transitions], rounds, k).bool()
+            advantages, returns = gae(rewards, values, dones, next_values, cfg.gamma, cfg.gae_lambda)
+            fmt = _grid([t.format_reward for t in batch.transitions], rounds, k)
+            values_all.append(values.flatten())
+            gae_all.append(advantages.flatten())
+            adv_all.append((advantages + fmt).flatten())  # GTR-Turbo: format reward added after GAE
+            ret_all.append((returns + fmt).flatten())
+        return torch.cat(values_all), torch.cat(adv_all), torch.cat(ret_all), torch.cat(gae_all)
+
+    @torch.no_grad()
+    def _values(self, observations: Sequence[Observation]) -> torch.Tensor:
+        out = []
+        for start in range(0, len(observations), self.cfg.micro_batch_size):
+            chunk = observations[start : start + self.cfg.micro_batch_size]
+            prompts = self._encode(chunk)
+            out.append(self.policy.evaluate(prompts, [[] for _ in chunk], self.temperature)[1].cpu())
+        return torch.cat(out) if out else torch.zeros(0)
+
+    def _minibatch(self, transitions, indices, old_logp, old_values, advantages, returns, label) -> dict[str, float]:
+        cfg = self.cfg
+        self.policy.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        sums = {"policy": 0.0, "value": 0.0, "entropy": 0.0, "clip_fraction": 0.0, "approx_kl": 0.0}
+        for start in range(0, len(indices), cfg.micro_batch_size):
+            micro = indices[start : start + cfg.micro_batch_size]
+            weight = len(micro) / len(indices)
+            chosen = [transitions[i] for i in micro]
+            out, values = self.policy.evaluate(
+                self._encode([t.observation for t in chosen]), [t.response_ids for t in chosen], self.temperature
+            )
+            thought, action = _masks(chosen, out.logprobs.shape[1], self.device)
+            new_logp = step_logprob(out.logprobs, thought, action, self.thought_weight)
+            idx = torch.tensor(micro)
+            pg, pg_stats = policy_loss(
+                new_logp, old_logp[idx].to(self.device), advantages[idx].to(self.device), cfg.clip
+            )
+            vf = value_loss(values, old_values[idx].to(self.device), returns[idx].to(self.device), cfg.value_clip)
+            ((pg + cfg.value_coef * vf) * weight).backward()
+            entropy = ((out.entropy * out.mask).sum() / out.mask.sum().clamp(min=1)).item()
+            for key, value in (("policy", pg.item()), ("value", vf.item()), ("entropy", entropy)):
+                sums[key] += value * weight
+            for key in ("clip_fraction", "approx_kl"):
+                sums[key] += pg_stats[key] * weight
+        if label is not None:
+            sft = self._sft_loss(label)
+            (cfg.sft_coef * sft).backward()
+            sums["sft"] = sft.item()
+        sums["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.policy.trainable_parameters(), cfg.max_grad_norm))
+        self.optimizer.step()
+        self.scheduler.step()
+        return sums
+
+    def _sft_loss(self, label: SFTLabel) -> torch.Tensor:
+        out, _ = self.policy.evaluate(self._encode([label.observation]), [label.token_ids], self.temperature)
+        mask = torch.tensor([label.loss_mask], device=self.device)
+        return -(out.logprobs * mask).sum() / mask.sum().clamp(min=1)
+
+    def _encode(self, observations: Sequence[Observation]):
+        return self.processor.encode([(o.text, o.tail) for o in observations], [o.image() for o in observations])
+
+    # ------------------------------------------------------------------ publishing and state
+
+    def publish(self) -> tuple[int, dict[str, torch.Tensor]]:
+        """A new adapter version: (version, LoRA state dict on CPU)."""
+        self.version += 1
+        return self.version, self.policy.adapter()
+
+    def state_dict(self) -> dict:
+        """Everything the next update depends on, as copies (an optimizer's own state_dict aliases
+        its live moment tensors, which the next update would change under a saved checkpoint)."""
+        return {
+            "adapter": self.policy.adapter(),
+            "value_head": {k: v.detach().cpu().clone() for k, v in self.policy.value_head.state_dict().items()},
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "scheduler": copy.deepcopy(self.scheduler.state_dict()),
+            "version": self.version,
+            "rng": self._rng_state.clone(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.policy.load_adapter(state["adapter"])
+        self.policy.value_head.load_state_dict(state["value_head"])
+        self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
+        self.scheduler.load_state_dict(copy.deepcopy(state["scheduler"]))
+        self.version = state["version"]
+        self._rng_state = state["rng"].clone()
+
+
+def _grid(values: Sequence[float], rounds: int, k: int) -> torch.Tensor:
+    """Round-major per-transition values as (rounds, K): column k is env k's steps in time order."""
+    return torch.tensor(values, dtype=torch.float32).view(rounds, k)
+
+
+def _masks(chosen: Sequence[Transition], width: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    thought = torch.zeros((len(chosen), width), dtype=torch.bool)
+    action = torch.zeros_like(thought)
+    for row, t in enumerate(chosen):
+        thought[row, : len(t.thought_mask)] = torch.tensor(t.thought_mask, dtype=torch.bool)
+        action[row, : len(t.action_mask)] = torch.tensor(t.action_mask, dtype=torch.bool)
+    return thought.to(device), action.to(device)
+
+
+def _cosine(total_steps: int, min_ratio: float):
+    def factor(step: int) -> float:
+        progress = min(1.0, step / total_steps)
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor

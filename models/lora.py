@@ -93,13 +93,19 @@ class MergedWeights:
 
     @torch.no_grad()
     def apply(self, deltas: dict[str, torch.Tensor]) -> None:
+        """Set every adapted module to ``W0 + dW`` (``W0`` where ``deltas`` has no entry)."""
         unknown = set(deltas) - set(self.base)
         if unknown:
             raise ValueError(f"adapter targets modules this model does not adapt: {sorted(unknown)[:3]}")
-        for name, w0 in self.base.items():
-            weight = self.model.get_submodule(name).weight
-            delta = deltas.get(name)
-            weight.copy_(w0 if delta is None else (w0.float() + delta.to(w0.device)).to(w0.dtype))
+        for name in self.base:
+            self.apply_module(name, deltas.get(name))
+
+    @torch.no_grad()
+    def apply_module(self, name: str, delta: torch.Tensor | None) -> None:
+        """One module at a time, so a merge can stream without holding every dW at once."""
+        w0 = self.base[name]
+        weight = self.model.get_submodule(name).weight
+        weight.copy_(w0 if delta is None else (w0.float() + delta.to(w0.device).float()).to(w0.dtype))
 
 
 def lora_target_modules(model: torch.nn.Module) -> list[str]:

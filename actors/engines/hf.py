@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -75,6 +75,16 @@ class HFEngine:
             raise ValueError("this engine was built without LoRA (lora=None); it cannot load adapters")
         self.merged.apply(lora_deltas(adapter, self.lora.scaling))
         self._adapter = dict(adapter)
+        self._version = version
+        self._loads += 1
+
+    def set_module_deltas(self, deltas: Iterable[tuple[str, torch.Tensor | None]], version: int) -> None:
+        """Serve ``W0 + dW`` given module by module (the teacher's streamed merge) as ``version``."""
+        if self.merged is None:
+            raise ValueError("this engine was built without LoRA (lora=None); it cannot take weight updates")
+        for name, delta in deltas:
+            self.merged.apply_module(name, delta)
+        self._adapter = {}
         self._version = version
         self._loads += 1
 

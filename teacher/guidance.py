@@ -1,0 +1,67 @@
+"""Turning the teacher's outputs into guidance for the learner (GTR-Turbo, DESIGN.md section 2).
+
+KL: one teacher forward over the same prompt, image and the student's exactly sampled response
+tokens (the published code passed no image, shifted by one token and re-serialised the JSON); the
+per-step penalty is the mean clipped k1 over thought tokens (learner/kl.py).
+
+SFT: the teacher answers the same prompt; its thoughts with the student's own action put back form
+a label whose loss covers only the thought tokens (the action is context, "masked").
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import torch
+
+from actors.engines.base import SamplingParams
+from actors.prompts import PromptSpec
+from actors.trajectory import Transition
+from learner.kl import thought_kl
+from learner.learner import SFTLabel
+from models.tokenizer import token_char_spans
+
+
+def kl_penalties(
+    teacher, transitions: Sequence[Transition], temperature: float, estimator: str, micro_batch: int = 16
+) -> list[float]:
+    """Per-step thought KL between the sampling policy (old log-probs) and the teacher."""
+    out: list[float] = []
+    for start in range(0, len(transitions), micro_batch):
+        chunk = transitions[start : start + micro_batch]
+        teacher_lp = teacher.score(
+            [t.observation.prompt() for t in chunk], [t.response_ids for t in chunk], temperature
+        )
+        width = max(len(t.response_ids) for t in chunk)
+        student = torch.zeros(len(chunk), width)
+        theirs = torch.zeros(len(chunk), width)
+        thought = torch.zeros(len(chunk), width, dtype=torch.bool)
+        for row, (t, lp) in enumerate(zip(chunk, teacher_lp, strict=True)):
+            n = len(t.response_ids)
+            student[row, :n] = torch.tensor(t.old_logprobs)
+            theirs[row, :n] = torch.tensor(lp)
+            thought[row, :n] = torch.tensor(t.thought_mask, dtype=torch.bool)
+        out.extend(thought_kl(student, theirs, thought, estimator).tolist())
+    return out
+
+
+def sft_labels(
+    teacher, transitions: Sequence[Transition], spec: PromptSpec, sampling: SamplingParams
+) -> list[SFTLabel]:
+    """Teacher thoughts + the student's action for each step the teacher answered in the right shape."""
+    generations = teacher.generate([t.observation.prompt() for t in transitions], sampling, spec)
+    tokenizer = teacher.engine.processor.tokenizer
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    labels = []
+    for transition, gen in zip(transitions, generations, strict=True):
+        key = gen.parsed.action_key_start if gen.parsed else None
+        if key is None or not gen.text[:key].strip():
+            continue  # nothing usable: no thoughts before an action key
+        action = spec.actions[transition.action] if spec.actions is not None else str(transition.action)
+        text = gen.text[:key] + f'"action": {json.dumps(action)}}}'
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [end]
+        _, spans = token_char_spans(tokenizer, ids)
+        mask = [end_char <= key and end_char > start for start, end_char in spans]
+        labels.append(SFTLabel(transition.observation, ids, mask))
+    return labels

@@ -1,0 +1,97 @@
+"""The free teacher: base + a TIES merge of the run's own LoRA checkpoints, kept warm.
+
+A plain class (no Ray). ``add_checkpoint`` stores each published adapter on disk and, every
+``merge_interval`` checkpoints, rebuilds the merged weights ``W0 + merge(dW_1..dW_k)`` from pristine
+base copies, streaming module by module (teacher/merge.py). The teacher then answers
+``score`` (log-probs of the student's sampled tokens, gathered, never full-vocabulary logits) and
+``generate`` (reference answers for SFT guidance) with the same engine code the student rolls out
+with, at the same temperature. A new Teacher over an existing buffer folder rebuilds itself from the
+checkpoints on disk. ``reference="initial"`` keeps the starting weights: the paper's static-teacher
+ablation. The published code's teacher froze after its first merge (peft's add_weighted_adapter
+silently returns when the name exists); tests check the weights change at every merge.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from contextlib import ExitStack
+from pathlib import Path
+
+import torch
+
+from actors.engines.base import Generation, PromptInput, SamplingParams
+from actors.engines.hf import HFEngine
+from actors.prompts import PromptSpec
+from configs.schema import TeacherConfig
+from models.lora import LoraSettings
+from teacher.buffer import CheckpointBuffer
+from teacher.merge import lora_modules, merge_stream, trim_thresholds
+from teacher.ties import WEIGHTINGS
+
+
+class Teacher:
+    def __init__(
+        self,
+        cfg: TeacherConfig,
+        model_path: str,
+        lora: LoraSettings,
+        buffer_dir: str | Path,
+        dtype: str = "float32",
+        device: str = "cpu",
+        seed: int = 0,
+    ):
+        self.cfg, self.lora = cfg, lora
+        self.engine = HFEngine(model_path, lora, dtype=dtype, device=device, seed=seed)
+        self.buffer = CheckpointBuffer(buffer_dir, cfg.max_checkpoints)
+        self.merged_version = 0
+        self.stats: dict[str, float] = {}
+        self._pending = 0
+        if cfg.reference == "merged" and self.buffer.versions():
+            self.remerge()  # a restarted teacher picks up where the buffer is
+
+    def add_checkpoint(self, adapter: dict[str, torch.Tensor], version: int) -> None:
+        if self.cfg.reference == "initial":
+            return  # the static teacher never changes
+        thresholds = trim_thresholds(adapter, self.lora.scaling, self.cfg.density) if self.cfg.merge == "ties" else None
+        self.buffer.add(version, adapter, thresholds)
+        self._pending += 1
+        if self._pending >= self.cfg.merge_interval:
+            self.remerge()
+
+    def remerge(self) -> None:
+        """Rebuild the merged weights from every checkpoint in the buffer."""
+        start = time.perf_counter()
+        versions = self.buffer.versions()
+        weights = WEIGHTINGS[self.cfg.weights](len(versions), self.cfg.ema_alpha)
+        thresholds = [self.buffer.thresholds(v) for v in versions] if self.cfg.merge == "ties" else None
+        if thresholds is not None and any(t is None for t in thresholds):
+            # Checkpoints written by a linear-merge run: compute what TIES needs once.
+            thresholds = [
+                t or trim_thresholds(self.buffer.load(v), self.lora.scaling, self.cfg.density)
+                for t, v in zip(thresholds, versions, strict=True)
+            ]
+        with ExitStack() as stack:
+            handles = self.buffer.open_all(versions, stack)
+            modules = lora_modules(list(handles[0].keys()))
+            stream = merge_stream(
+                handles, modules, weights, self.lora.scaling, self.cfg.merge, thresholds, self.cfg.chunk_rows
+            )
+            self.engine.set_module_deltas(stream, version=versions[-1])
+        self.merged_version = versions[-1]
+        self._pending = 0
+        self.stats = {
+            "teacher/merge_seconds": time.perf_counter() - start,
+            "teacher/checkpoints": float(len(versions)),
+            "teacher/merged_version": float(self.merged_version),
+        }
+
+    def score(
+        self, prompts: Sequence[PromptInput], responses: Sequence[Sequence[int]], temperature: float
+    ) -> list[list[float]]:
+        return self.engine.score(prompts, responses, temperature)
+
+    def generate(
+        self, prompts: Sequence[PromptInput], sampling: SamplingParams, spec: PromptSpec | None = None
+    ) -> list[Generation]:
+        return self.engine.generate(prompts, sampling, spec)

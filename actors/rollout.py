@@ -124,7 +124,8 @@ class RolloutWorker:
         return Batch(transitions, episodes, version, len(self.slots), next_observations, seconds)
 
     def load_adapter(self, adapter: dict[str, Any], version: int) -> None:
-        self.engine.load_adapter(adapter, version)
+        if self.engine.adapter_version != version:  # workers may share one engine in local mode
+            self.engine.load_adapter(adapter, version)
 
     # ------------------------------------------------------------------ evaluation
 

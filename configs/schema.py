@@ -171,7 +171,6 @@ class TeacherConfig:
     kl_coef: float = 1.0  # beta in A' = A - beta * KL
     replay_size: int = 10_000  # SFT-guidance labels kept
     device: str = ""  # "" = policy.device; the teacher's own device when there is one
-    chunk_rows: int = 4096  # rows of a weight update merged at a time (bounds merge memory)
 
     def __post_init__(self):
         _choice("teacher.guidance", self.guidance, ("none", "kl", "sft"))
@@ -179,7 +178,7 @@ class TeacherConfig:
         _choice("teacher.merge", self.merge, ("ties", "linear"))
         _choice("teacher.weights", self.weights, ("sma", "ema"))
         _choice("teacher.kl_estimator", self.kl_estimator, ("k1_clip", "abs", "k3"))
-        _positive("teacher", self, ("merge_interval", "chunk_rows", "replay_size"))
+        _positive("teacher", self, ("merge_interval", "replay_size"))
         if not 0 < self.density <= 1 or not 0 < self.ema_alpha <= 1:
             raise ValueError("teacher.density and teacher.ema_alpha must lie in (0, 1]")
 

@@ -74,9 +74,7 @@ class Teacher:
         with ExitStack() as stack:
             handles = self.buffer.open_all(versions, stack)
             modules = lora_modules(list(handles[0].keys()))
-            stream = merge_stream(
-                handles, modules, weights, self.lora.scaling, self.cfg.merge, thresholds, self.cfg.chunk_rows
-            )
+            stream = merge_stream(handles, modules, weights, self.lora.scaling, self.cfg.merge, thresholds)
             self.engine.set_module_deltas(stream, version=versions[-1])
         self.merged_version = versions[-1]
         self._pending = 0

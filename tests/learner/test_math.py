@@ -94,3 +94,25 @@ def test_kl_estimators_by_hand():
 
 def test_k1_clip_caps_at_ten():
     assert thought_kl(torch.tensor([[0.0]]), torch.tensor([[-50.0]]), torch.tensor([[True]])).item() == 10.0
+
+
+def test_kl_and_policy_loss_match_slow_loops():
+    g = torch.Generator().manual_seed(3)
+    student, teacher = -torch.rand(4, 6, generator=g) * 3, -torch.rand(4, 6, generator=g) * 3
+    thought = torch.rand(4, 6, generator=g) > 0.4
+    for estimator, per_token in (
+        ("k1_clip", lambda s, t: min(max(s - t, 0.0), 10.0)),
+        ("abs", lambda s, t: abs(s - t)),
+        ("k3", lambda s, t: math.exp(t - s) - (t - s) - 1.0),
+    ):
+        fast = thought_kl(student, teacher, thought, estimator)
+        for b in range(4):
+            values = [per_token(student[b, i].item(), teacher[b, i].item()) for i in range(6) if thought[b, i]]
+            assert fast[b].item() == pytest.approx(sum(values) / len(values) if values else 0.0, abs=1e-5)
+    new, old, adv = torch.randn(8, generator=g) * 0.3, torch.randn(8, generator=g) * 0.3, torch.randn(8, generator=g)
+    loss, _ = policy_loss(new, old, adv, 0.2)
+    slow = 0.0
+    for i in range(8):
+        ratio = math.exp(new[i].item() - old[i].item())
+        slow += -min(ratio * adv[i].item(), min(max(ratio, 0.8), 1.2) * adv[i].item()) / 8
+    assert loss.item() == pytest.approx(slow, abs=1e-5)

@@ -57,7 +57,7 @@ def test_rebuilt_from_disk_chunked_interval_and_eviction(tmp_path):
     teacher.add_checkpoint(_adapter(2), 3)
     teacher.add_checkpoint(_adapter(3), 4)
     assert teacher.buffer.versions() == [3, 4] and teacher.merged_version == 4
-    rebuilt = _teacher(tmp_path, "teacher.max_checkpoints=2", "teacher.chunk_rows=3")  # same folder, small chunks
+    rebuilt = _teacher(tmp_path, "teacher.max_checkpoints=2")  # the same folder
     assert rebuilt.merged_version == 4
     for name in teacher.engine.merged.base:
         assert torch.allclose(

@@ -87,3 +87,39 @@ def test_row_chunks_with_whole_tensor_thresholds_equal_the_whole_merge():
     whole = ties_merge(taus, weights, 0.8)
     chunks = torch.cat([ties_merge_trimmed(taus[:, r : r + 5], weights, thresholds) for r in range(0, 12, 5)])
     assert torch.equal(whole, chunks)
+
+
+@pytest.mark.parametrize("path", ["dense", "blocks"])
+@pytest.mark.parametrize("chunk_elements", [7, 64, 1 << 16])
+@pytest.mark.parametrize("method, weighting", [("ties", "sma"), ("ties", "ema"), ("linear", "ema")])
+def test_streamed_module_merge_equals_the_reference(chunk_elements, method, weighting, path, monkeypatch):
+    import teacher.merge as merge
+    from teacher.merge import merge_module
+
+    if path == "blocks":  # the large-module path, eager (the compiled step is checked in the slow tier)
+        monkeypatch.setattr(merge, "COMPILE_MIN_ELEMENTS", 0)
+        monkeypatch.setattr(merge, "_compiled", False)
+
+    g = torch.Generator().manual_seed(1)
+    pairs = [(torch.randn(3, 10, generator=g), torch.randn(12, 3, generator=g)) for _ in range(5)]
+    weights = sma_weights(5) if weighting == "sma" else ema_weights(5)
+    full = torch.stack([2.0 * b @ a for a, b in pairs])
+    thresholds = [trim_threshold(t, 0.6) for t in full]
+    merged = merge_module(pairs, weights, 2.0, method, thresholds, chunk_elements)
+    expected = ties_merge(full, weights, 0.6) if method == "ties" else linear_merge(full, weights)
+    assert torch.allclose(merged, expected, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_compiled_block_step_equals_the_reference(monkeypatch):
+    import teacher.merge as merge
+
+    monkeypatch.setattr(merge, "COMPILE_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(merge, "_compiled", None)
+    g = torch.Generator().manual_seed(2)
+    pairs = [(torch.randn(4, 300, generator=g), torch.randn(50, 4, generator=g)) for _ in range(6)]
+    full = torch.stack([0.5 * b @ a for a, b in pairs])
+    thresholds = [trim_threshold(t, 0.8) for t in full]
+    merged = merge.merge_module(pairs, ema_weights(6), 0.5, "ties", thresholds, chunk_elements=3000)
+    assert merge._compiled not in (None, False)  # it did compile here
+    assert torch.allclose(merged, ties_merge(full, ema_weights(6), 0.8), atol=1e-5)

@@ -11,6 +11,7 @@ own RNG across resets; evaluation episode ``j`` uses ``eval_seed(seed, j)`` (>= 
 
 from __future__ import annotations
 
+import pickle
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -113,7 +114,7 @@ class RolloutWorker:
             )
             t1 = time.perf_counter()
             for slot, obs, gen in zip(self.slots, observations, gens, strict=True):
-                transition, finished = self._step(slot, obs, gen, version)
+                transition, finished = self._step(slot, obs, gen, version, self.rng)
                 transitions.append(transition)
                 if finished is not None:
                     episodes.append(finished)
@@ -130,16 +131,18 @@ class RolloutWorker:
     # ------------------------------------------------------------------ evaluation
 
     def evaluate(
-        self, episodes: int, sampling: SamplingParams | None = None, seed: int | None = None
+        self, episodes: int, sampling: SamplingParams | None = None, seed: int | None = None, first: int = 0
     ) -> list[EpisodeStats]:
-        """Play ``episodes`` held-out episodes (seeds ``eval_seed(seed, j)``), K at a time."""
+        """Play held-out episodes ``first .. first + episodes - 1`` (seeds ``eval_seed(seed, j)``), K at a
+        time; several workers split one evaluation by giving each its own ``first``."""
         sampling = sampling or SamplingParams(
             temperature=0.0, top_k=0, max_new_tokens=self.settings.sampling.max_new_tokens
         )
         seed = self.seed if seed is None else seed
         if not self._eval_slots:
             self._eval_slots = [_EnvSlot(envs.make_env(self.eval_env_cfg), i) for i in range(self.settings.num_envs)]
-        pending = list(range(episodes))
+        pending = list(range(first, first + episodes))
+        rng = np.random.default_rng([EVAL_SEED_BASE, seed, first])  # fallback actions: a function of the episodes
         active: list[_EnvSlot] = []
         for slot in self._eval_slots[: min(episodes, len(self._eval_slots))]:
             slot.start(eval_seed(seed, pending.pop(0)))
@@ -157,7 +160,7 @@ class RolloutWorker:
             )
             still = []
             for slot, obs, gen in zip(active, observations, gens, strict=True):
-                _, finished = self._step(slot, obs, gen, self.engine.adapter_version)
+                _, finished = self._step(slot, obs, gen, self.engine.adapter_version, rng)
                 if finished is None:
                     still.append(slot)
                     continue
@@ -168,6 +171,22 @@ class RolloutWorker:
             active = still
         return sorted(results, key=lambda e: e.seed)
 
+    # ------------------------------------------------------------------ state (checkpoints, resume)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the next ``sample`` depends on: every training env mid-episode (envs pickle with their
+        RNGs), the episode tallies, the fallback RNG and the engine's sampling generator."""
+        return {
+            "slots": pickle.dumps(self._slots),
+            "rng": self.rng.bit_generator.state,
+            "engine_rng": self.engine.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._slots = pickle.loads(state["slots"])
+        self.rng.bit_generator.state = state["rng"]
+        self.engine.set_rng_state(state["engine_rng"])
+
     # ------------------------------------------------------------------ one step
 
     def _observation(self, slot: _EnvSlot) -> Observation:
@@ -175,10 +194,10 @@ class RolloutWorker:
         prompt = prompt_text(self.env_cfg.id, slot.info, self.with_image)
         return Observation(prompt.text, prompt.tail, frame)
 
-    def _step(self, slot: _EnvSlot, obs: Observation, gen: Generation, version: int):
+    def _step(self, slot: _EnvSlot, obs: Observation, gen: Generation, version: int, rng: np.random.Generator):
         parsed = gen.parsed
         recovered = parsed.action is not None
-        action = parsed.action if recovered else self._fallback(slot)
+        action = parsed.action if recovered else self._fallback(slot, rng)
         slot.obs, reward, terminated, truncated, info = slot.env.step(action)
         slot.info = info
         slot.ret += reward
@@ -222,10 +241,10 @@ class RolloutWorker:
             )
         return transition, finished
 
-    def _fallback(self, slot: _EnvSlot) -> int | str:
+    def _fallback(self, slot: _EnvSlot, rng: np.random.Generator) -> int | str:
         if self.settings.invalid_action == "noop":
             return self.spec.noop
         if self.spec.actions is None:  # free-text actions: a random admissible command
             commands: Sequence[str] = slot.info.get("admissible_commands") or [self.spec.noop]
-            return str(commands[int(self.rng.integers(len(commands)))])
-        return int(self.rng.integers(len(self.spec.actions)))
+            return str(commands[int(rng.integers(len(commands)))])
+        return int(rng.integers(len(self.spec.actions)))

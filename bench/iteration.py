@@ -20,10 +20,11 @@ from pathlib import Path
 
 import torch
 
-from cluster import driver
+from cluster.driver import Trainer, default_buffer_dir
+from cluster.system import LocalSpawner, System
 from configs import load_config
 
-PHASES = ("sample", "score", "learn", "publish", "merge")
+PHASES = ("sample", "merge", "score", "learn", "publish")
 
 
 def main() -> None:
@@ -48,8 +49,10 @@ def main() -> None:
                 f"env.id={args.env}",
                 f"rollout.num_envs={args.envs}",
                 f"train.rounds={args.rounds}",
-                f"train.iterations={args.iterations + 1}",
+                "train.iterations=1000",  # never the last: no evaluation or checkpoint inside the timed ones
                 "train.eval_every=0",
+                "train.checkpoint_every=0",
+                "cluster.mode=local",
                 "learner.minibatch_size=32",
                 "learner.micro_batch_size=8",
                 "policy.max_new_tokens=48",
@@ -57,12 +60,13 @@ def main() -> None:
                 f"run_dir={folder}",
             ],
         )
-        runs[mode] = (cfg, driver.build_local(cfg, folder))
-        driver.iteration(cfg, runs[mode][1], 1)  # warm-up: first merge, caches
+        system = System(cfg, LocalSpawner(cfg), default_buffer_dir(cfg, folder))
+        runs[mode] = Trainer(cfg, folder, system, log=lambda *_: None)
+        runs[mode].iteration(1)  # warm-up: first merge, caches
     records: dict[str, list[dict]] = {mode: [] for mode in args.modes}
     for i in range(2, args.iterations + 2):  # modes interleaved, so machine drift hits them alike
-        for mode, (cfg, components) in runs.items():
-            records[mode].append(driver.iteration(cfg, components, i))
+        for mode, trainer in runs.items():
+            records[mode].append(trainer.iteration(i))
     tmp.cleanup()
     rows = {}
     for mode, recs in records.items():

@@ -1,117 +1,58 @@
-"""The single-controller training loop (the paper's Algorithm 1, batched), in local mode.
+"""The single-controller training loop (the paper's Algorithm 1, batched and distributed).
 
-    for each iteration: sample -> score (teacher) -> learn -> publish -> merge -> (evaluate)
+    for each iteration: sample -> score (teacher) -> learn -> publish -> merge -> evaluate -> checkpoint
 
-Every phase is timed and every iteration writes one JSON line of namespaced metrics
-(cluster/metrics.py) to ``<run_dir>/metrics.jsonl`` and one progress line to the log. This module
-holds no math: the components do it (actors/, learner/, teacher/). In local mode they are plain
-objects in one process; the Ray mode (issue 5) runs the same loop over actor handles.
+The same loop drives Ray actors or plain objects in this process (cluster/system.py); it holds no
+math. Every phase is timed (``time/<phase>``); every iteration writes one record (cluster/runlog.py).
+
+What overlaps in Ray mode, and what does not:
+- the rollout actors sample in parallel, each stepping its K envs with one batched generate per step;
+- the teacher's re-merge of version v runs while the rollout actors sample with v: the driver waits
+  for it only when it next needs the teacher (scoring, evaluating it, a checkpoint); that wait is
+  ``time/merge`` (in local mode the merge itself);
+- the student's evaluation (split over the rollout actors) runs beside the teacher's;
+- synchronous: learning waits for every batch and for the guidance, publishing for the learner.
+
+Faults: a rollout actor that dies is replaced by a new incarnation holding the current adapter and
+its part of the phase is redone; a teacher that dies is rebuilt from its on-disk checkpoint buffer
+while training goes on without guidance (``teacher/skipped``); a learner failure stops the run with
+the last good checkpoint named (``RunStopped``).
 """
 
 from __future__ import annotations
 
-import json
-import math
 import time
-from collections import deque
+from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import torch
-
-from actors.engines.base import SamplingParams
-from actors.engines.hf import HFEngine
-from actors.prompts import spec_for
-from actors.rollout import RolloutSettings, RolloutWorker
-from actors.trajectory import summarize
-from cluster import metrics
+from actors.trajectory import EpisodeStats, summarize
+from cluster import checkpoint, metrics
+from cluster.system import ActorDied, Handle, Pending, RunStopped, System
 from configs import Config
-from configs.loader import to_yaml
-from learner.learner import Learner, SFTLabel
-from learner.sft import eval_env_config
-from models.lora import LoraSettings
-from teacher.guidance import kl_penalties, sft_labels
-from teacher.teacher import Teacher
+from teacher.buffer import CheckpointBuffer
+
+Hook = Callable[[str, int, "Trainer"], None]  # (phase, iteration, trainer), called as each phase starts
 
 
 @dataclass
-class Components:
-    engine: HFEngine
-    workers: list[RolloutWorker]
-    learner: Learner
-    teacher: Teacher | None
-    replay: deque[SFTLabel] = field(default_factory=deque)
-    evaluators: dict[str, RolloutWorker] = field(default_factory=dict)  # made on first use, envs kept
-
-
-def lora_settings(cfg: Config) -> LoraSettings:
-    return LoraSettings(cfg.policy.lora_rank, cfg.policy.lora_alpha, cfg.policy.lora_dropout)
-
-
-def sampling(cfg: Config) -> SamplingParams:
-    return SamplingParams(cfg.policy.temperature, cfg.policy.top_k, cfg.policy.max_new_tokens)
-
-
-def rollout_settings(cfg: Config, num_envs: int | None = None) -> RolloutSettings:
-    r = cfg.rollout
-    return RolloutSettings(
-        num_envs or r.num_envs, r.thought_weight, r.format_valid, r.format_invalid, r.invalid_action, sampling(cfg)
-    )
-
-
-def updates_per_iteration(cfg: Config) -> int:
-    steps = cfg.train.rounds * cfg.rollout.num_envs * cfg.train.num_workers
-    return cfg.learner.epochs * math.ceil(steps / cfg.learner.minibatch_size)
-
-
-def build_local(cfg: Config, run_dir: Path) -> Components:
-    """All components in this process; the rollout workers share one engine."""
-    p = cfg.policy
-    lora = lora_settings(cfg)
-    engine = HFEngine(p.path, lora, dtype=p.dtype, device=p.device, seed=cfg.seed)
-    workers = [
-        RolloutWorker(
-            cfg.env, engine, rollout_settings(cfg), cfg.seed, worker_index=i, eval_env_cfg=eval_env_config(cfg)
-        )
-        for i in range(cfg.train.num_workers)
-    ]
-    learner = Learner(
-        cfg.learner,
-        p.path,
-        lora,
-        temperature=p.temperature,
-        thought_weight=cfg.rollout.thought_weight,
-        total_updates=cfg.train.iterations,
-        updates_per_iteration=updates_per_iteration(cfg),
-        kl_coef=cfg.teacher.kl_coef,
-        dtype=p.dtype,
-        device=p.device,
-        seed=cfg.seed,
-    )
-    teacher = None
-    if cfg.teacher.guidance != "none":
-        buffer_dir = Path(cfg.train.buffer_dir) if cfg.train.buffer_dir else run_dir / "teacher"
-        teacher = Teacher(
-            cfg.teacher,
-            p.path,
-            lora,
-            buffer_dir,
-            dtype=p.dtype,
-            device=cfg.teacher.device or p.device,
-            seed=cfg.seed + 1,
-        )
-    return Components(engine, workers, learner, teacher, deque(maxlen=cfg.teacher.replay_size))
+class Published:
+    version: int
+    adapter: Any  # an ObjectRef in Ray mode (stored once, loaded by reference), the state dict locally
 
 
 class Phases:
     """Seconds per phase of one iteration."""
 
-    def __init__(self):
+    def __init__(self, hook: Callable[[str], None] = lambda _: None):
         self.seconds: dict[str, float] = {}
+        self.hook = hook
 
     @contextmanager
     def __call__(self, name: str):
+        self.hook(name)
         start = time.perf_counter()
         try:
             yield
@@ -119,86 +60,235 @@ class Phases:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
 
-def iteration(cfg: Config, c: Components, index: int) -> dict[str, float]:
-    """One pass of sample -> score -> learn -> publish -> merge -> evaluate; returns its metrics."""
-    phase = Phases()
-    with phase("sample"):
-        batches = [w.sample(cfg.train.rounds) for w in c.workers]
-    transitions = [t for b in batches for t in b.transitions]
-    kl = None
-    with phase("score"):
-        if cfg.teacher.guidance == "kl":
-            kl = kl_penalties(
-                c.teacher, transitions, cfg.policy.temperature, cfg.teacher.kl_estimator, cfg.learner.micro_batch_size
-            )
-        elif cfg.teacher.guidance == "sft":
-            c.replay.extend(sft_labels(c.teacher, transitions, spec_for(cfg.env.id), sampling(cfg)))
-    with phase("learn"):
-        learned = c.learner.update(batches, kl, list(c.replay))
-    with phase("publish"):
-        version, adapter = c.learner.publish()
-        for worker in c.workers:
-            worker.load_adapter(adapter, version)
-    with phase("merge"):
-        if c.teacher is not None:
-            c.teacher.add_checkpoint(adapter, version)
-    results = {}
-    if (cfg.train.eval_every and index % cfg.train.eval_every == 0) or index == cfg.train.iterations:
-        with phase("eval"):
-            results = evaluate(cfg, c)
-    episodes = [e for b in batches for e in b.episodes]
-    teacher_stats = dict(c.teacher.stats) if c.teacher else {}
-    if cfg.teacher.guidance == "sft":
-        teacher_stats["teacher/labels"] = float(len(c.replay))
-    record = metrics.iteration_record(
-        index=index,
-        env_steps=len(transitions),
-        policy_version=version,
-        episodes=summarize(episodes),
-        transitions=transitions,
-        learner=learned,
-        teacher=(c.teacher.stats if c.teacher else {})
-        | ({"teacher/labels": float(len(c.replay))} if cfg.teacher.guidance == "sft" else {}),
-        evaluation=results,
-        seconds=phase.seconds,
-    )
-    return record
+class Trainer:
+    def __init__(self, cfg: Config, run_dir: Path, system: System, log=print, hook: Hook | None = None):
+        self.cfg, self.run_dir, self.system, self.log = cfg, run_dir, system, log
+        self.hook = hook or (lambda *_: None)
+        self.published: Published | None = None
+        self.unmerged: list[tuple[int, Any, Pending]] = []  # checkpoints sent to the teacher, not yet confirmed
+        self.teacher_starting: Pending | None = None  # a rebuilt teacher's "ready" call
+        self.teacher_stats: dict[str, float] = {}
+        self.counters = {"rollout/restarts": 0, "teacher/restarts": 0}
+        self.total_env_steps = 0
+        self.last_checkpoint: Path | None = None
+
+    # ------------------------------------------------------------------ one iteration
+
+    def iteration(self, index: int) -> dict:
+        phase = Phases(lambda name: self.hook(name, index, self))
+        skipped = 0.0
+        with phase("sample"):
+            sampled = self._on_rollouts("sample", lambda i: (self.cfg.train.rounds,))
+        batches, refs = [b for b, _ in sampled], [r for _, r in sampled]
+        teacher = None
+        if self.cfg.teacher.guidance != "none":
+            with phase("merge"):  # Ray: waits for the re-merge that overlapped the sample; local: ~0
+                teacher = self._teacher()
+        with phase("score"):
+            kl, labels = self._guidance(teacher, refs)
+            skipped = float(self.cfg.teacher.guidance != "none" and kl is None and labels is None)
+        with phase("learn"):
+            learned = self._learner("update", kl, labels, *refs)
+        with phase("publish"):
+            self._publish()
+        with phase("merge"):
+            self._send_checkpoint()
+        evaluation = {}
+        if self._due(index, self.cfg.train.eval_every):
+            with phase("eval"):
+                evaluation = self.evaluate()
+        transitions = [t for b in batches for t in b.transitions]
+        self.total_env_steps += len(transitions)
+        if self._due(index, self.cfg.train.checkpoint_every):
+            with phase("checkpoint"):
+                self.checkpoint(index)
+        return metrics.iteration_record(
+            index=index,
+            env_steps=len(transitions),
+            total_env_steps=self.total_env_steps,
+            policy_version=self.published.version,
+            episodes=summarize([e for b in batches for e in b.episodes]),
+            transitions=transitions,
+            learner=learned,
+            teacher=self.teacher_stats | ({"teacher/skipped": skipped} if self.system.teacher else {}),
+            evaluation=evaluation,
+            counters=self.counters,
+            seconds=phase.seconds,
+        )
+
+    def _due(self, index: int, every: int) -> bool:
+        return (every and index % every == 0) or index == self.cfg.train.iterations
+
+    def _on_rollouts(self, method: str, args_for: Callable[[int], tuple]) -> list[tuple[Any, Any]]:
+        """``method`` on every rollout actor, in parallel: [(result, ref)] in worker order. A dead actor is
+        replaced by a new incarnation with the current adapter, and its call is made again."""
+        pendings = [h.call(method, *args_for(i)) for i, h in enumerate(self.system.rollouts)]
+        out = []
+        for i, pending in enumerate(pendings):
+            while True:
+                try:
+                    out.append((pending.result(), pending.ref))
+                    break
+                except ActorDied as error:
+                    self.log(f"{error}; starting a new rollout-{i} and redoing its {method}")
+                    handle = self.system.restart_rollout(i)
+                    self.counters["rollout/restarts"] += 1
+                    if self.published is not None:
+                        handle.call("load_adapter", self.published.adapter, self.published.version)
+                    pending = handle.call(method, *args_for(i))
+        return out
+
+    def _learner(self, method: str, *args) -> Any:
+        try:
+            return self.system.learner.call(method, *args).result()
+        except Exception as error:
+            raise RunStopped(self._stop_message(f"the learner failed in {method} ({error})")) from error
+
+    def _stop_message(self, what: str) -> str:
+        where = self.last_checkpoint or "none yet"
+        return f"{what}. Last good checkpoint: {where}. Resume with: python -m cluster.launch --resume {self.run_dir}"
+
+    # ------------------------------------------------------------------ guidance and the teacher
+
+    def _guidance(self, teacher: Handle | None, refs: list[Any]) -> tuple[Any, Any]:
+        """(KL penalties, SFT labels) as refs for the learner; both None without guidance or teacher."""
+        if teacher is None:
+            return None, None
+        method = "kl" if self.cfg.teacher.guidance == "kl" else "labels"
+        pending = teacher.call(method, *refs)
+        try:
+            pending.result()
+        except ActorDied as error:
+            self._teacher_died(error)
+            return None, None
+        return (pending.ref, None) if method == "kl" else (None, pending.ref)
+
+    def _teacher(self) -> Handle | None:
+        """The teacher once every checkpoint sent to it is merged; None while a new one is rebuilding."""
+        if self.teacher_starting is not None:
+            if not self.teacher_starting.ready():
+                return None
+            try:
+                self.teacher_starting.result()
+            except ActorDied as error:
+                self._teacher_died(error)
+                return None
+            self.log(f"{self.system.teacher.name} is back: guidance resumes")
+            self.teacher_starting = None
+        return self.system.teacher if self._confirm_merges() else None
+
+    def _confirm_merges(self) -> bool:
+        try:
+            for _, _, pending in self.unmerged:
+                self.teacher_stats = pending.result()
+        except ActorDied as error:
+            self._teacher_died(error)
+            return False
+        self.unmerged.clear()
+        return True
+
+    def _teacher_died(self, error: ActorDied) -> None:
+        self.log(f"{error}; rebuilding the teacher from its checkpoint buffer, training goes on without guidance")
+        handle = self.system.restart_teacher()
+        self.counters["teacher/restarts"] += 1
+        self.teacher_starting = handle.call("ready")
+        self.unmerged = [(v, a, handle.call("add_checkpoint", a, v)) for v, a, _ in self.unmerged]
+
+    def _send_checkpoint(self) -> None:
+        """Hand the new version to the teacher; in Ray mode the re-merge overlaps the next sample."""
+        if self.system.teacher is not None:
+            p = self.published
+            pending = self.system.teacher.call("add_checkpoint", p.adapter, p.version)
+            self.unmerged.append((p.version, p.adapter, pending))
+            if self.teacher_starting is None and all(pending.ready() for _, _, pending in self.unmerged):
+                self._confirm_merges()  # local mode: merged already; record its stats now
+
+    def _publish(self) -> None:
+        version, adapter = self.system.learner.call2("publish")
+        try:
+            self.published = Published(version.result(), adapter.ref)
+        except Exception as error:
+            raise RunStopped(self._stop_message(f"the learner failed in publish ({error})")) from error
+        for handle in self.system.rollouts:
+            handle.call("load_adapter", self.published.adapter, self.published.version)  # queued before the next sample
+
+    # ------------------------------------------------------------------ evaluation
+
+    def evaluate(self) -> dict[str, float]:
+        """Held-out episodes: the student's split over the rollout actors, the teacher's beside them."""
+        n, workers = self.cfg.eval.episodes, len(self.system.rollouts)
+        shares = [(n * i // workers, n * (i + 1) // workers - n * i // workers) for i in range(workers)]
+        teacher_pending = None
+        if self.system.teacher is not None and self.cfg.train.eval_teacher:
+            teacher = self._teacher()
+            teacher_pending = teacher.call("evaluate", 0, n) if teacher is not None else None
+        parts = self._on_rollouts("evaluate", lambda i: shares[i])
+        student: list[EpisodeStats] = [e for part, _ in parts for e in part]
+        out = {f"eval/{k}": v for k, v in summarize(student).items()}
+        if teacher_pending is not None:
+            try:
+                out |= {f"eval/teacher_{k}": v for k, v in summarize(teacher_pending.result()).items()}
+            except ActorDied as error:
+                self._teacher_died(error)
+        return out
+
+    # ------------------------------------------------------------------ checkpoints and resume
+
+    def checkpoint(self, index: int) -> Path:
+        """Every role's state in a new checkpoint folder, sealed atomically (cluster/checkpoint.py)."""
+        tmp = checkpoint.begin(self.run_dir, index)
+        learner = self.system.learner.call("save", str(tmp / "learner.pt"))
+        self._on_rollouts("save", lambda i: (str(tmp / f"rollout-{i}.pt"),))
+        try:
+            learner.result()
+        except Exception as error:
+            raise RunStopped(self._stop_message(f"the learner failed in save ({error})")) from error
+        if self.system.teacher is not None:
+            while self._teacher() is None:  # the buffer must hold the published version (a rebuild may be on)
+                time.sleep(0.2)
+            CheckpointBuffer(self.system.buffer_dir).link_into(tmp / "teacher")
+        state = {
+            "iteration": index,
+            "policy_version": self.published.version,
+            "total_env_steps": self.total_env_steps,
+            "counters": self.counters,
+            "incarnations": self.system.incarnations,
+            "teacher_incarnation": self.system.teacher_incarnation,
+            "saved_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+        self.last_checkpoint = checkpoint.commit(self.run_dir, tmp, index, state, self.cfg.train.keep_checkpoints)
+        return self.last_checkpoint
+
+    def restore(self, path: Path) -> int:
+        """Continue from checkpoint ``path``: role states, counters, the current adapter everywhere.
+        The teacher's buffer was restored before the teacher started (``restore_teacher_buffer``)."""
+        state = checkpoint.driver_state(path)
+        if not all((path / f"rollout-{i}.pt").is_file() for i in range(len(self.system.rollouts))):
+            raise RunStopped(f"checkpoint {path} was written with another train.num_workers; resume with the same")
+        self._learner("load", str(path / "learner.pt"))
+        self._on_rollouts("load", lambda i: (str(path / f"rollout-{i}.pt"),))
+        version, adapter = self.system.learner.call2("current")
+        self.published = Published(version.result(), adapter.ref)
+        for handle in self.system.rollouts:
+            handle.call("load_adapter", self.published.adapter, self.published.version)
+        if self.system.teacher is not None and self.published.version:
+            self._send_checkpoint()  # a no-op when the restored buffer already holds it
+        self.total_env_steps = state["total_env_steps"]
+        self.counters = state["counters"]
+        self.system.incarnations = state["incarnations"]
+        self.system.teacher_incarnation = state["teacher_incarnation"]
+        self.last_checkpoint = path
+        return state["iteration"]
 
 
-def evaluate(cfg: Config, c: Components) -> dict[str, float]:
-    """Held-out episodes for the student and, optionally, for the merged teacher as a policy."""
-    greedy = SamplingParams(cfg.eval.temperature, cfg.policy.top_k, cfg.policy.max_new_tokens)
-    engines = {"eval/": c.engine}
-    if c.teacher is not None and cfg.train.eval_teacher:
-        engines["eval/teacher_"] = c.teacher.engine
-    out = {}
-    for prefix, engine in engines.items():
-        if prefix not in c.evaluators:
-            settings = rollout_settings(cfg, cfg.eval.num_envs)
-            c.evaluators[prefix] = RolloutWorker(cfg.env, engine, settings, cfg.seed, eval_env_cfg=eval_env_config(cfg))
-        episodes = c.evaluators[prefix].evaluate(cfg.eval.episodes, greedy)
-        out |= {f"{prefix}{k}": v for k, v in summarize(episodes).items()}
-    return out
+def restore_teacher_buffer(checkpoint_path: Path, buffer_dir: Path) -> None:
+    """Put the teacher's buffer back as it was at the checkpoint (later versions are from the lost run)."""
+    saved = checkpoint_path / "teacher"
+    if saved.is_dir():
+        CheckpointBuffer(buffer_dir).replace_from(saved)
+    elif buffer_dir.is_dir():
+        CheckpointBuffer(buffer_dir).clear()
 
 
-def run(cfg: Config, log=print) -> dict:
-    """Train in one process; returns the last iteration's metrics."""
-    torch.set_num_threads(cfg.policy.threads)
-    run_dir = Path(cfg.run_dir or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
-    log(f"run directory: {run_dir}")
-    c = build_local(cfg, run_dir)
-    record: dict = {}
-    with open(run_dir / "metrics.jsonl", "a") as sink:
-        if cfg.train.eval_every:
-            start = time.perf_counter()
-            initial = {"iteration": 0} | evaluate(cfg, c) | {"time/eval": time.perf_counter() - start}
-            sink.write(json.dumps(initial) + "\n")
-            log(metrics.progress_line(initial))
-        for index in range(1, cfg.train.iterations + 1):
-            record = iteration(cfg, c, index)
-            sink.write(json.dumps(record) + "\n")
-            sink.flush()
-            log(metrics.progress_line(record))
-    return record
+def default_buffer_dir(cfg: Config, run_dir: Path) -> Path:
+    return Path(cfg.train.buffer_dir) if cfg.train.buffer_dir else run_dir / "teacher"

@@ -3,7 +3,6 @@
 Loaded with ``OmegaConf.structured(Config)``, merged with a YAML file and ``key=value`` overrides
 (configs/loader.py); unknown keys and wrong types fail at start-up naming the key, and each
 section's ``__post_init__`` checks values that a type cannot (choices, ranges).
-Later issues add their sections (cluster, logging) here.
 """
 
 from __future__ import annotations
@@ -127,11 +126,12 @@ class SFTConfig:
     grad_clip: float = 1.0
     eval_every: int = 150  # steps between held-out evaluations (0 = only at the end)
     output: str = ""  # checkpoint folder; "" = <run_dir>/sft
+    threads: int = 0  # torch threads for SFT (0 = policy.threads)
 
     def __post_init__(self):
         _positive("sft", self, ("steps", "batch_size"))
-        if self.lr <= 0 or self.minutes < 0:
-            raise ValueError("sft.lr must be > 0 and sft.minutes >= 0")
+        if self.lr <= 0 or self.minutes < 0 or self.threads < 0:
+            raise ValueError("sft.lr must be > 0, sft.minutes and sft.threads >= 0")
 
 
 @dataclass
@@ -187,13 +187,53 @@ class TeacherConfig:
 class TrainConfig:
     iterations: int = 10  # PPO updates
     rounds: int = 16  # lock-step rounds per worker per iteration (env steps = rounds * num_envs * workers)
-    num_workers: int = 1  # rollout workers
+    num_workers: int = 1  # rollout workers (Ray: one actor each)
     eval_every: int = 5  # iterations between held-out evaluations (0 = only at the end)
+    eval_before: bool = True  # also evaluate before the first update (the SFT start's score)
     eval_teacher: bool = True  # also evaluate the merged teacher as a policy
+    checkpoint_every: int = 5  # iterations between checkpoints (0 = only at the end)
+    keep_checkpoints: int = 2  # newest checkpoints kept in <run_dir>/checkpoints
+    warm_start: str = "none"  # none | sft: run the SFT warm start (sft section) first, train from its checkpoint
     buffer_dir: str = ""  # teacher checkpoints on disk; "" = <run_dir>/teacher
 
     def __post_init__(self):
-        _positive("train", self, ("iterations", "rounds", "num_workers"))
+        _positive("train", self, ("iterations", "rounds", "num_workers", "keep_checkpoints"))
+        _choice("train.warm_start", self.warm_start, ("none", "sft"))
+        if self.eval_every < 0 or self.checkpoint_every < 0:
+            raise ValueError("train.eval_every and train.checkpoint_every must be >= 0 (0 = only at the end)")
+
+
+@dataclass
+class ResourcesConfig:
+    """What one Ray actor of a role asks for. Fractions share a device: 0.5 GPU each puts two on one GPU."""
+
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+
+
+@dataclass
+class ClusterConfig:
+    mode: str = "ray"  # ray (actors) | local (every component in this process, no Ray)
+    address: str = ""  # a running cluster to join; "" = $RAY_ADDRESS if set (ray job submit), else start one
+    num_cpus: float = 0.0  # logical CPUs of a cluster started here (0 = this machine's cores)
+    num_gpus: float = -1.0  # GPUs of a cluster started here (-1 = what Ray detects)
+    dashboard: bool = True  # the Ray dashboard, on 127.0.0.1
+    dashboard_port: int = 8265
+    rollout: ResourcesConfig = field(default_factory=ResourcesConfig)  # per rollout actor
+    learner: ResourcesConfig = field(default_factory=ResourcesConfig)
+    teacher: ResourcesConfig = field(default_factory=ResourcesConfig)
+    max_restarts: int = 3  # per rollout actor and for the teacher; beyond this the run stops
+
+    def __post_init__(self):
+        _choice("cluster.mode", self.mode, ("ray", "local"))
+        for role in ("rollout", "learner", "teacher"):
+            res = getattr(self, role)
+            if res.num_cpus < 0 or res.num_gpus < 0:
+                raise ValueError(f"cluster.{role}.num_cpus and cluster.{role}.num_gpus must be >= 0")
+            if res.num_gpus > 1 and res.num_gpus != int(res.num_gpus):
+                raise ValueError(f"cluster.{role}.num_gpus={res.num_gpus}: above 1 it must be a whole number")
+        if self.num_cpus < 0 or self.max_restarts < 0:
+            raise ValueError("cluster.num_cpus and cluster.max_restarts must be >= 0")
 
 
 @dataclass
@@ -208,3 +248,4 @@ class Config:
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)

@@ -171,9 +171,10 @@ class SFTTrainer:
         os.rename(tmp, folder)
 
 
-def run(cfg: Config, log=print) -> dict:
-    """Train for ``sft.steps`` (or ``sft.minutes``), evaluating every ``sft.eval_every`` steps."""
-    torch.set_num_threads(cfg.policy.threads)
+def run(cfg: Config, log=print, evaluate_at_end: bool = True) -> dict:
+    """Train for ``sft.steps`` (or ``sft.minutes``), evaluating every ``sft.eval_every`` steps and at the
+    end (unless ``evaluate_at_end`` is off: the RL run's first evaluation measures the same)."""
+    torch.set_num_threads(cfg.sft.threads or cfg.policy.threads)
     run_dir = Path(cfg.run_dir or f"runs/sft-{time.strftime('%Y%m%d-%H%M%S')}")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
@@ -193,7 +194,8 @@ def run(cfg: Config, log=print) -> dict:
         out_of_time = cfg.sft.minutes and minutes >= cfg.sft.minutes
         if step % 25 == 0:
             log(f"step {step:5d}  loss {stats['loss']:.4f}  lr {stats['lr']:.2e}  {minutes:5.1f} min")
-        if (cfg.sft.eval_every and step % cfg.sft.eval_every == 0) or step == cfg.sft.steps or out_of_time:
+        at_end = (step == cfg.sft.steps or out_of_time) and evaluate_at_end
+        if (cfg.sft.eval_every and step % cfg.sft.eval_every == 0) or at_end:
             result = trainer.evaluate() | {"step": step, "minutes": round(minutes, 2), "loss": stats["loss"]}
             history.append(result)
             log("eval  " + "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()))

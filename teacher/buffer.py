@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -56,6 +57,28 @@ class CheckpointBuffer:
     def open_all(self, versions: list[int], stack: ExitStack) -> list:
         """Open handles on several checkpoints, closed with ``stack``."""
         return [stack.enter_context(safe_open(str(self._path(v)), framework="pt")) for v in versions]
+
+    def files(self) -> list[Path]:
+        return sorted(p for p in self.folder.iterdir() if p.name.startswith("adapter-") and not p.name.endswith(".tmp"))
+
+    def link_into(self, folder: Path) -> None:
+        """Hard-link (copy where links fail) every checkpoint into ``folder``: a run checkpoint's
+        snapshot of the buffer, free of copies, immune to later evictions."""
+        folder.mkdir(parents=True, exist_ok=True)
+        for path in self.files():
+            try:
+                os.link(path, folder / path.name)
+            except OSError:
+                shutil.copy2(path, folder / path.name)
+
+    def replace_from(self, folder: Path) -> None:
+        """Make the buffer hold exactly the checkpoints in ``folder`` (a resumed run)."""
+        self.clear()
+        CheckpointBuffer(folder).link_into(self.folder)
+
+    def clear(self) -> None:
+        for path in self.files():
+            path.unlink()
 
     def _path(self, version: int) -> Path:
         return self.folder / f"adapter-{version:08d}.safetensors"

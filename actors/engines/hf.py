@@ -78,6 +78,12 @@ class HFEngine:
         self._version = version
         self._loads += 1
 
+    def get_rng_state(self) -> torch.Tensor:
+        return self.generator.get_state()
+
+    def set_rng_state(self, state: torch.Tensor) -> None:
+        self.generator.set_state(state)
+
     def set_module_deltas(self, deltas: Iterable[tuple[str, torch.Tensor | None]], version: int) -> None:
         """Serve ``W0 + dW`` given module by module (the teacher's streamed merge) as ``version``."""
         if self.merged is None:

@@ -79,3 +79,33 @@ def test_image_rollout_keeps_compact_observations_that_redraw_the_frame():
     rescored = engine.score(prompts, [t.response_ids for t in batch.transitions], 1.0)
     for t, row in zip(batch.transitions, rescored, strict=True):
         assert max(abs(a - b) for a, b in zip(t.old_logprobs, row, strict=True)) < 1e-5
+
+
+def test_state_round_trip_continues_the_same_episodes_and_samples():
+    cfg = load_config(None, ["env.id=gym_cards/EZPoints-v0"]).env  # image observations, multi-step episodes
+    settings = RolloutSettings(num_envs=3, sampling=SamplingParams(temperature=1.0, top_k=5, max_new_tokens=10))
+
+    def worker():
+        return RolloutWorker(cfg, HFEngine("embedded:xs", LoraSettings(4, 8, 0.0), seed=3), settings, seed=1)
+
+    original = worker()
+    original.sample(2)
+    state = original.state_dict()
+    expected = original.sample(3)
+    restored = worker()  # a fresh worker (say, a restarted actor) picks up where the state was taken
+    restored.load_state_dict(state)
+    again = restored.sample(3)
+    assert [t.observation for t in again.transitions] == [t.observation for t in expected.transitions]
+    assert [t.response_ids for t in again.transitions] == [t.response_ids for t in expected.transitions]
+    assert [(e.env_index, e.ret, e.length) for e in again.episodes] == [
+        (e.env_index, e.ret, e.length) for e in expected.episodes
+    ]
+
+
+def test_workers_split_one_evaluation_by_episode_offset():
+    def worker():
+        return RolloutWorker(_cfg(), ScriptedEngine(_numberline_expert), RolloutSettings(num_envs=3), seed=0)
+
+    whole = worker().evaluate(10)
+    parts = worker().evaluate(4) + worker().evaluate(6, first=4)
+    assert [(e.seed, e.ret, e.length) for e in parts] == [(e.seed, e.ret, e.length) for e in whole]

@@ -1,0 +1,196 @@
+"""Ray: the only ``ray.remote`` wrappers, starting or joining a cluster, and resources from config.
+
+Each role (cluster/roles.py) becomes one actor, named ``rollout-<i>``, ``learner`` and ``teacher``
+(a restarted one gets ``-r<n>``) in the run's namespace, so the dashboard shows who is who. Its
+resources are ``cluster.<role>.num_cpus`` / ``num_gpus``; an actor with GPUs runs on ``cuda``
+(Ray sets which device it sees: no index is chosen here), one without on the CPU.
+Every Ray port stays on 127.0.0.1 (DESIGN.md section 5), token auth and usage stats are off.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+RAY_ENV = {
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # keeps Ray from swapping 127.0.0.1 for the machine's address
+}
+for _key, _value in RAY_ENV.items():
+    os.environ.setdefault(_key, _value)
+
+import ray  # noqa: E402  (the environment above must be set first)
+
+from cluster.system import ActorDied  # noqa: E402
+from configs import Config  # noqa: E402
+
+ROLES = ("rollout", "learner", "teacher")
+
+
+class ResourceError(ValueError):
+    """The actors ask for more than the cluster has; raised before any actor starts."""
+
+
+def demands(cfg: Config) -> list[tuple[str, float, float]]:
+    """(actor, CPUs, GPUs) for every actor the run starts."""
+    c = cfg.cluster
+    out = [(f"rollout-{i}", c.rollout.num_cpus, c.rollout.num_gpus) for i in range(cfg.train.num_workers)]
+    out.append(("learner", c.learner.num_cpus, c.learner.num_gpus))
+    if cfg.teacher.guidance != "none":
+        out.append(("teacher", c.teacher.num_cpus, c.teacher.num_gpus))
+    return out
+
+
+def check_resources(cfg: Config, total: dict[str, float], nodes: list[dict[str, float]]) -> None:
+    """Fail with the keys to change when the actors cannot all be placed on this cluster."""
+    wanted = demands(cfg)
+    c, n = cfg.cluster, cfg.train.num_workers
+    for resource, key in (("CPU", "num_cpus"), ("GPU", "num_gpus")):
+        need = sum(cpus if resource == "CPU" else gpus for _, cpus, gpus in wanted)
+        have = total.get(resource, 0.0)
+        if need > have + 1e-9:
+            parts = [f"{n} rollout actors x cluster.rollout.{key}={getattr(c.rollout, key)}"]
+            parts.append(f"cluster.learner.{key}={getattr(c.learner, key)}")
+            if cfg.teacher.guidance != "none":
+                parts.append(f"cluster.teacher.{key}={getattr(c.teacher, key)}")
+            fix = "0 runs on the CPU, fractions such as 0.5 share one GPU" if resource == "GPU" else "fractions share"
+            raise ResourceError(
+                f"the actors ask for {need:g} {resource}s in all ({', '.join(parts)}) but the Ray cluster has "
+                f"{have:g}. Lower these ({fix}), or join a cluster with more."
+            )
+    for name, cpus, gpus in wanted:
+        if not any(node.get("CPU", 0) >= cpus - 1e-9 and node.get("GPU", 0) >= gpus - 1e-9 for node in nodes):
+            role = name.split("-")[0]
+            biggest = max(nodes, key=lambda node: (node.get("GPU", 0), node.get("CPU", 0)), default={})
+            raise ResourceError(
+                f"{name} asks for {cpus:g} CPUs and {gpus:g} GPUs (cluster.{role}.num_cpus / num_gpus) but no node "
+                f"has that much (largest: {biggest.get('CPU', 0):g} CPUs, {biggest.get('GPU', 0):g} GPUs)."
+            )
+
+
+@dataclass
+class ClusterInfo:
+    address: str
+    dashboard_url: str
+    started_here: bool  # a cluster this process started, and so stops
+
+
+def connect(cfg: Config, namespace: str, log: Callable[[str], None] = print) -> ClusterInfo:
+    """Join the cluster already initialised in this process, ``cluster.address`` or ``$RAY_ADDRESS``
+    (what ``ray job submit`` sets), or start one on 127.0.0.1."""
+    if ray.is_initialized():
+        ctx = ray.get_runtime_context()
+        return ClusterInfo(ctx.gcs_address, _dashboard_url(), started_here=False)
+    address = cfg.cluster.address or os.environ.get("RAY_ADDRESS", "")
+    if address:
+        ctx = ray.init(address=address, namespace=namespace, log_to_driver=True)
+        return ClusterInfo(address, ctx.dashboard_url or "", started_here=False)
+    cpus = cfg.cluster.num_cpus or max(float(os.cpu_count() or 1), sum(d[1] for d in demands(cfg)))
+    kwargs: dict[str, Any] = {}
+    if cfg.cluster.num_gpus >= 0:
+        kwargs["num_gpus"] = cfg.cluster.num_gpus
+    ctx = ray.init(
+        address="local",  # never a stale cluster from an earlier run (DESIGN.md section 5)
+        namespace=namespace,
+        num_cpus=cpus,
+        include_dashboard=cfg.cluster.dashboard,
+        dashboard_host="127.0.0.1",
+        dashboard_port=cfg.cluster.dashboard_port,
+        **kwargs,
+    )
+    url = ctx.dashboard_url or ""
+    return ClusterInfo(ctx.address_info.get("gcs_address", ""), f"http://{url}" if url else "", started_here=True)
+
+
+def _dashboard_url() -> str:
+    try:
+        url = ray.worker.get_dashboard_url()
+    except Exception:  # noqa: BLE001 - no dashboard in this cluster
+        return ""
+    return f"http://{url}" if url else ""
+
+
+def cluster_nodes() -> list[dict[str, float]]:
+    return [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+
+
+class RayPending:
+    def __init__(self, name: str, ref: ray.ObjectRef):
+        self.name, self._ref = name, ref
+
+    @property
+    def ref(self) -> ray.ObjectRef:
+        return self._ref
+
+    def result(self) -> Any:
+        try:
+            return ray.get(self._ref)
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as error:
+            raise ActorDied(self.name, type(error).__name__) from error
+
+    def ready(self) -> bool:
+        return bool(ray.wait([self._ref], timeout=0)[0])
+
+
+class RayHandle:
+    def __init__(self, name: str, actor: ray.actor.ActorHandle):
+        self.name, self.actor = name, actor
+
+    def call(self, method: str, *args: Any) -> RayPending:
+        return RayPending(self.name, getattr(self.actor, method).remote(*args))
+
+    def call2(self, method: str, *args: Any) -> tuple[RayPending, RayPending]:
+        first, second = getattr(self.actor, method).options(num_returns=2).remote(*args)
+        return RayPending(self.name, first), RayPending(self.name, second)
+
+    def stop(self) -> None:
+        try:
+            ray.kill(self.actor, no_restart=True)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+
+
+class RaySpawner:
+    """Starts each role as an actor with its configured resources; restarts are ours, not Ray's
+    (a restarted role needs the current adapter and a new incarnation, which the driver gives)."""
+
+    def __init__(self, cfg: Config, namespace: str, cluster: ClusterInfo):
+        self.cfg, self.namespace, self.cluster = cfg, namespace, cluster
+        self._classes: dict[type, Any] = {}
+
+    def __call__(self, kind: str, name: str, cls: type, *args: Any) -> RayHandle:
+        res = getattr(self.cfg.cluster, kind)
+        remote_cls = self._classes.setdefault(cls, ray.remote(cls))
+        actor = remote_cls.options(
+            name=name,
+            namespace=self.namespace,
+            num_cpus=res.num_cpus,
+            num_gpus=res.num_gpus,
+            max_restarts=0,
+            max_concurrency=1,
+        ).remote(self.cfg, "cuda" if res.num_gpus > 0 else "cpu", *args)
+        return RayHandle(name, actor)
+
+    def run(self, kind: str, fn: Callable, *args: Any) -> Any:
+        res = getattr(self.cfg.cluster, kind)
+        task = ray.remote(fn).options(num_cpus=res.num_cpus, num_gpus=res.num_gpus, max_retries=0)
+        return ray.get(task.remote(*args))
+
+    def shutdown(self) -> None:
+        if self.cluster.started_here:
+            ray.shutdown()
+
+
+def start(cfg: Config, namespace: str, log: Callable[[str], None] = print) -> RaySpawner:
+    """Connect, check that every actor can be placed (before any starts), and return the spawner."""
+    cluster = connect(cfg, namespace, log)
+    try:
+        check_resources(cfg, ray.cluster_resources(), cluster_nodes())
+    except ResourceError:
+        if cluster.started_here:
+            ray.shutdown()
+        raise
+    return RaySpawner(cfg, namespace, cluster)

@@ -1,0 +1,208 @@
+"""The three roles of a run, each built from the config around one plain component.
+
+A role is what one Ray actor holds (cluster/remote.py wraps these classes with ``ray.remote`` and
+nothing else); in local mode the driver holds them directly. No Ray import here. Every method's
+arguments and results are plain picklable values, so the same call works in both modes.
+
+- ``RolloutRole``: an engine and a ``RolloutWorker`` (K envs), plus an evaluator over the same engine.
+- ``LearnerRole``: the ``Learner`` and the SFT-guidance replay of teacher labels.
+- ``TeacherRole``: the merged ``Teacher`` and the guidance it gives (KL penalties or SFT labels).
+
+Roles save and load their own state into a checkpoint folder (cluster/checkpoint.py): a large
+learner's optimizer never travels through the driver.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from actors.engines.base import SamplingParams
+from actors.engines.hf import HFEngine
+from actors.prompts import spec_for
+from actors.rollout import RolloutSettings, RolloutWorker
+from actors.trajectory import Batch, EpisodeStats
+from configs import Config
+from learner.learner import Learner, SFTLabel
+from learner.sft import eval_env_config
+from models.lora import LoraSettings
+from teacher.guidance import kl_penalties, sft_labels
+from teacher.teacher import Teacher
+
+
+def lora_settings(cfg: Config) -> LoraSettings:
+    return LoraSettings(cfg.policy.lora_rank, cfg.policy.lora_alpha, cfg.policy.lora_dropout)
+
+
+def sampling(cfg: Config) -> SamplingParams:
+    return SamplingParams(cfg.policy.temperature, cfg.policy.top_k, cfg.policy.max_new_tokens)
+
+
+def eval_sampling(cfg: Config) -> SamplingParams:
+    return SamplingParams(cfg.eval.temperature, cfg.policy.top_k, cfg.policy.max_new_tokens)
+
+
+def rollout_settings(cfg: Config, num_envs: int | None = None) -> RolloutSettings:
+    r = cfg.rollout
+    return RolloutSettings(
+        num_envs or r.num_envs, r.thought_weight, r.format_valid, r.format_invalid, r.invalid_action, sampling(cfg)
+    )
+
+
+def updates_per_iteration(cfg: Config) -> int:
+    steps = cfg.train.rounds * cfg.rollout.num_envs * cfg.train.num_workers
+    return cfg.learner.epochs * -(-steps // cfg.learner.minibatch_size)
+
+
+def derived_seed(seed: int, role: str, index: int = 0) -> int:
+    """A seed of its own for each role and index, from the one base seed (STYLE.md 11)."""
+    return int(np.random.SeedSequence([seed, sum(map(ord, role)), index]).generate_state(1)[0])
+
+
+def _info(device: str) -> dict[str, Any]:
+    return {"pid": os.getpid(), "device": device, "threads": torch.get_num_threads()}
+
+
+class RolloutRole:
+    """Rollout worker ``index``. Incarnation ``j`` (a restart after a crash) plays as worker
+    ``index + j * num_workers``: fresh episodes from seeds no other worker uses."""
+
+    def __init__(self, cfg: Config, device: str, index: int, incarnation: int = 0):
+        torch.set_num_threads(cfg.policy.threads)
+        self.cfg, self.device = cfg, device
+        slot = index + incarnation * cfg.train.num_workers
+        p = cfg.policy
+        self.engine = HFEngine(
+            p.path, lora_settings(cfg), dtype=p.dtype, device=device, seed=derived_seed(cfg.seed, "rollout", slot)
+        )
+        self.worker = RolloutWorker(cfg.env, self.engine, rollout_settings(cfg), cfg.seed, worker_index=slot)
+        self.evaluator = RolloutWorker(
+            cfg.env, self.engine, rollout_settings(cfg, cfg.eval.num_envs), cfg.seed, eval_env_cfg=eval_env_config(cfg)
+        )
+
+    def ready(self) -> dict[str, Any]:
+        return _info(self.device)
+
+    def sample(self, rounds: int) -> Batch:
+        return self.worker.sample(rounds)
+
+    def load_adapter(self, adapter: dict[str, torch.Tensor], version: int) -> None:
+        self.worker.load_adapter(adapter, version)
+
+    def evaluate(self, first: int, episodes: int) -> list[EpisodeStats]:
+        return self.evaluator.evaluate(episodes, eval_sampling(self.cfg), self.cfg.seed, first=first)
+
+    def save(self, path: str) -> None:
+        torch.save(self.worker.state_dict(), path)
+
+    def load(self, path: str) -> None:
+        self.worker.load_state_dict(torch.load(path, weights_only=False))
+
+
+class LearnerRole:
+    """The learner and the replay of SFT-guidance labels it trains on (GTR-Turbo-SFT)."""
+
+    def __init__(self, cfg: Config, device: str):
+        torch.set_num_threads(cfg.policy.threads)
+        self.device = device
+        p = cfg.policy
+        self.learner = Learner(
+            cfg.learner,
+            p.path,
+            lora_settings(cfg),
+            temperature=p.temperature,
+            thought_weight=cfg.rollout.thought_weight,
+            total_updates=cfg.train.iterations,
+            updates_per_iteration=updates_per_iteration(cfg),
+            kl_coef=cfg.teacher.kl_coef,
+            dtype=p.dtype,
+            device=device,
+            seed=cfg.seed,
+        )
+        self.replay: deque[SFTLabel] = deque(maxlen=cfg.teacher.replay_size)
+
+    def ready(self) -> dict[str, Any]:
+        return _info(self.device)
+
+    def update(self, kl: list[float] | None, labels: list[SFTLabel] | None, *batches: Batch) -> dict[str, float]:
+        """One PPO update over the workers' batches (in worker order); new labels join the replay first."""
+        self.replay.extend(labels or ())
+        stats = self.learner.update(list(batches), kl, list(self.replay))
+        if labels is not None:
+            stats["teacher/labels"] = float(len(self.replay))
+        return stats
+
+    def publish(self) -> tuple[int, dict[str, torch.Tensor]]:
+        """A new version; in Ray mode its adapter goes into the object store once, as this call's result."""
+        return self.learner.publish()
+
+    def current(self) -> tuple[int, dict[str, torch.Tensor]]:
+        """The version last published and its adapter (a resumed run hands it to fresh workers)."""
+        return self.learner.version, self.learner.policy.adapter()
+
+    def save(self, path: str) -> None:
+        torch.save(self.learner.state_dict() | {"replay": list(self.replay)}, path)
+
+    def load(self, path: str) -> None:
+        state = torch.load(path, weights_only=False)
+        self.replay.clear()
+        self.replay.extend(state.pop("replay"))
+        self.learner.load_state_dict(state)
+
+
+class TeacherRole:
+    """The merged teacher: takes checkpoints, gives guidance, and plays as a policy for evaluation.
+
+    A new TeacherRole over an existing buffer folder rebuilds the merge from the checkpoints there
+    (a restarted teacher actor, or a resumed run)."""
+
+    def __init__(self, cfg: Config, device: str, buffer_dir: str):
+        torch.set_num_threads(cfg.policy.threads)
+        self.cfg, self.device = cfg, device
+        p = cfg.policy
+        self.teacher = Teacher(
+            cfg.teacher,
+            p.path,
+            lora_settings(cfg),
+            Path(buffer_dir),
+            dtype=p.dtype,
+            device=device,
+            seed=derived_seed(cfg.seed, "teacher"),
+        )
+        self.evaluator = RolloutWorker(
+            cfg.env,
+            self.teacher.engine,
+            rollout_settings(cfg, cfg.eval.num_envs),
+            cfg.seed,
+            eval_env_cfg=eval_env_config(cfg),
+        )
+
+    def ready(self) -> dict[str, Any]:
+        return _info(self.device) | {"merged_version": self.teacher.merged_version}
+
+    def add_checkpoint(self, adapter: dict[str, torch.Tensor], version: int) -> dict[str, float]:
+        """Buffer and (every merge_interval) re-merge; a version already merged (a re-sent checkpoint
+        after a restart) is not merged again."""
+        if version > self.teacher.merged_version or version not in self.teacher.buffer.versions():
+            self.teacher.add_checkpoint(adapter, version)
+        return dict(self.teacher.stats)
+
+    def kl(self, *batches: Batch) -> list[float]:
+        """The per-step thought KL penalty of every transition, in batch order."""
+        transitions = [t for b in batches for t in b.transitions]
+        c = self.cfg
+        return kl_penalties(
+            self.teacher, transitions, c.policy.temperature, c.teacher.kl_estimator, c.learner.micro_batch_size
+        )
+
+    def labels(self, *batches: Batch) -> list[SFTLabel]:
+        transitions = [t for b in batches for t in b.transitions]
+        return sft_labels(self.teacher, transitions, spec_for(self.cfg.env.id), sampling(self.cfg))
+
+    def evaluate(self, first: int, episodes: int) -> list[EpisodeStats]:
+        return self.evaluator.evaluate(episodes, eval_sampling(self.cfg), self.cfg.seed, first=first)

@@ -1,0 +1,165 @@
+"""What a run writes as it goes: metrics.jsonl, TensorBoard events, progress lines; at the end a PNG
+of the training curves and a markdown summary.
+
+    <run_dir>/metrics.jsonl   one JSON object per record (iteration 0 = the evaluation before training)
+    <run_dir>/tb/             TensorBoard events: tensorboard --logdir <run_dir>/tb
+    <run_dir>/curves.png      success, return, losses and time per phase against env steps
+    <run_dir>/summary.md      the evaluation table and the start-vs-end table
+
+A resumed run keeps the records up to its checkpoint and drops the rest (TensorBoard: purge_step).
+tensorboard and matplotlib are imported lazily (STYLE.md 13); without them those outputs are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+from cluster import metrics
+
+EVAL_COLUMNS = (
+    ("success", "success"),
+    ("success_solvable", "success (solvable)"),
+    ("return", "return"),
+    ("format_valid", "format valid"),
+)
+
+
+class RunLog:
+    def __init__(self, run_dir: Path, log: Callable[[str], None] = print, resume_iteration: int | None = None):
+        self.run_dir, self.log = run_dir, log
+        self.path = run_dir / "metrics.jsonl"
+        if resume_iteration is not None and self.path.exists():
+            kept = [r for r in read_records(self.path) if r.get("iteration", 0) <= resume_iteration]
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        self._sink = open(self.path, "a")
+        self._tb = _tensorboard(run_dir / "tb", None if resume_iteration is None else resume_iteration + 1)
+
+    def write(self, record: dict) -> None:
+        self._sink.write(json.dumps(record) + "\n")
+        self._sink.flush()
+        if self._tb is not None:
+            for key, value in record.items():
+                if key != "iteration" and isinstance(value, int | float) and math.isfinite(value):
+                    self._tb.add_scalar(key, value, record["iteration"])
+            self._tb.flush()
+        self.log(metrics.progress_line(record))
+
+    def close(self) -> str:
+        """Write curves.png and summary.md; returns the start-vs-end table."""
+        self._sink.close()
+        if self._tb is not None:
+            self._tb.close()
+        records = read_records(self.path)
+        table = start_end_table(records)
+        (self.run_dir / "summary.md").write_text(summary_markdown(self.run_dir, records, table))
+        plot_curves(records, self.run_dir / "curves.png")
+        return table
+
+
+def read_records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _tensorboard(folder: Path, purge_step: int | None):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard not installed
+        return None
+    return SummaryWriter(str(folder), purge_step=purge_step)
+
+
+def _evaluations(records: list[dict]) -> list[dict]:
+    return [r for r in records if "eval/success" in r]
+
+
+def start_end_table(records: list[dict]) -> str:
+    """Held-out results at the start (after SFT / before RL), at the end, and of the merged teacher."""
+    evals = _evaluations(records)
+    if not evals:
+        return "(no evaluation recorded)"
+    first, last = evals[0], evals[-1]
+    rows = [(f"student at start (iteration {first['iteration']})", first, "eval/")]
+    if last is not first:
+        rows.append((f"student at end (iteration {last['iteration']})", last, "eval/"))
+    teacher = next((r for r in reversed(evals) if "eval/teacher_success" in r), None)
+    if teacher is not None:
+        version = int(teacher.get("teacher/merged_version", 0))
+        rows.append((f"merged teacher (iteration {teacher['iteration']}, v{version})", teacher, "eval/teacher_"))
+    head = "| policy | " + " | ".join(label for _, label in EVAL_COLUMNS) + " |"
+    lines = [head, "|---" * (len(EVAL_COLUMNS) + 1) + "|"]
+    for name, record, prefix in rows:
+        cells = [_cell(record.get(prefix + key), key) for key, _ in EVAL_COLUMNS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _cell(value, key: str) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if key == "return" else f"{100 * value:.1f} %"
+
+
+def summary_markdown(run_dir: Path, records: list[dict], table: str) -> str:
+    trained = [r for r in records if r.get("iteration", 0) > 0]
+    last = trained[-1] if trained else {}
+    seconds = sum(r.get("time/iteration", 0.0) for r in trained)
+    lines = [
+        f"# Run summary: {run_dir.name}",
+        "",
+        f"- iterations: {last.get('iteration', 0)}, env steps: {int(last.get('rollout/total_env_steps', 0))}, "
+        f"policy version: {int(last.get('rollout/policy_version', 0))}",
+        f"- training time (sum of iteration times): {seconds / 60:.1f} min",
+        f"- rollout actor restarts: {int(last.get('rollout/restarts', 0))}, teacher restarts: "
+        f"{int(last.get('teacher/restarts', 0))}, iterations without guidance: "
+        f"{int(sum(r.get('teacher/skipped', 0) for r in trained))}",
+        "",
+        "## Start and end (held-out episodes)",
+        "",
+        table,
+        "",
+        "## Every evaluation",
+        "",
+        "| iteration | env steps | success | success (solvable) | return | format valid | teacher success |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in _evaluations(records):
+        lines.append(
+            f"| {r['iteration']} | {int(r.get('rollout/total_env_steps', 0))} | {_cell(r.get('eval/success'), 's')} | "
+            f"{_cell(r.get('eval/success_solvable'), 's')} | {_cell(r.get('eval/return'), 'return')} | "
+            f"{_cell(r.get('eval/format_valid'), 's')} | {_cell(r.get('eval/teacher_success'), 's')} |"
+        )
+    lines += ["", "Curves: curves.png; every metric: metrics.jsonl and tb/ (tensorboard --logdir tb)."]
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(records: list[dict], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    panels = (
+        ("held-out and training success", ("eval/success", "eval/teacher_success", "rollout/success")),
+        ("return", ("eval/return", "eval/teacher_return", "rollout/return")),
+        ("losses", ("losses/policy", "losses/value", "teacher/kl")),
+        ("seconds per phase", tuple(f"time/{p}" for p in metrics.PHASES)),
+    )
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    for ax, (title, keys) in zip(axes.flat, panels, strict=True):
+        for key in keys:
+            points = [(r.get("rollout/total_env_steps", 0), r[key]) for r in records if key in r]
+            if points:
+                xs, ys = zip(*points, strict=True)
+                ax.plot(xs, ys, marker="o", markersize=3, label=key)
+        ax.set_title(title)
+        ax.set_xlabel("env steps")
+        if ax.lines:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

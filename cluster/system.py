@@ -1,0 +1,169 @@
+"""The running roles of a run and how the driver calls them, the same way in local and Ray mode.
+
+The driver never touches Ray: it calls ``handle.call(method, *args)`` and gets a ``Pending`` whose
+``result()`` waits for the value and whose ``ref`` can be passed on as another call's argument
+(in Ray mode an ObjectRef, so a value produced by one actor reaches another through the object
+store without passing through the driver; in local mode the value itself). A Ray actor that dies
+makes ``result()`` raise ``ActorDied``; local mode has no actor to lose.
+
+``System`` holds the rollout, learner and teacher handles and replaces a dead rollout actor or
+teacher with a new incarnation through its ``Spawner`` (local: cluster/system.py's; Ray:
+cluster/remote.py's).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from cluster.roles import LearnerRole, RolloutRole, TeacherRole
+from configs import Config
+
+
+class ActorDied(RuntimeError):
+    """A role's actor process is gone (killed, crashed, out of memory)."""
+
+    def __init__(self, name: str, cause: str):
+        super().__init__(f"actor {name} died: {cause}")
+        self.name = name
+
+
+class RunStopped(RuntimeError):
+    """The run cannot go on (the learner failed, restarts exhausted); the message says how to resume."""
+
+
+class Pending(Protocol):
+    @property
+    def ref(self) -> Any: ...
+
+    def result(self) -> Any: ...
+
+    def ready(self) -> bool: ...
+
+
+class Handle(Protocol):
+    name: str
+
+    def call(self, method: str, *args: Any) -> Pending: ...
+
+    def call2(self, method: str, *args: Any) -> tuple[Pending, Pending]:
+        """A call whose result is a pair, returned as two pendings (each its own object in Ray)."""
+        ...
+
+    def stop(self) -> None: ...
+
+
+class Spawner(Protocol):
+    """Starts one role: ``kind`` (rollout | learner | teacher) picks its resources and device."""
+
+    def __call__(self, kind: str, name: str, cls: type, *args: Any) -> Handle: ...
+
+    def run(self, kind: str, fn: Callable, *args: Any) -> Any:
+        """Run a one-off function with a role's resources (the SFT warm start) and return its result."""
+        ...
+
+    def shutdown(self) -> None: ...
+
+
+@dataclass
+class Done:
+    """A local call's result, already there."""
+
+    value: Any
+
+    @property
+    def ref(self) -> Any:
+        return self.value
+
+    def result(self) -> Any:
+        return self.value
+
+    def ready(self) -> bool:
+        return True
+
+
+class LocalHandle:
+    def __init__(self, name: str, obj: Any):
+        self.name, self.obj = name, obj
+
+    def call(self, method: str, *args: Any) -> Done:
+        return Done(getattr(self.obj, method)(*args))
+
+    def call2(self, method: str, *args: Any) -> tuple[Done, Done]:
+        first, second = getattr(self.obj, method)(*args)
+        return Done(first), Done(second)
+
+    def stop(self) -> None:
+        self.obj = None
+
+
+def local_device(cfg: Config, kind: str) -> str:
+    if kind == "teacher" and cfg.teacher.device:
+        return cfg.teacher.device
+    return cfg.policy.device
+
+
+class LocalSpawner:
+    """Local mode: every role is a plain object in this process."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+
+    def __call__(self, kind: str, name: str, cls: type, *args: Any) -> LocalHandle:
+        return LocalHandle(name, cls(self.cfg, local_device(self.cfg, kind), *args))
+
+    def run(self, kind: str, fn: Callable, *args: Any) -> Any:
+        return fn(*args)
+
+    def shutdown(self) -> None:
+        pass
+
+
+class System:
+    """N rollout actors, a learner and (unless guidance is none) a teacher, started through ``spawn``."""
+
+    def __init__(self, cfg: Config, spawn: Spawner, buffer_dir: Path):
+        self.cfg, self.spawn, self.buffer_dir = cfg, spawn, buffer_dir
+        self.incarnations = [0] * cfg.train.num_workers
+        self.teacher_incarnation = 0
+        self.rollouts: list[Handle] = [
+            spawn("rollout", f"rollout-{i}", RolloutRole, i) for i in range(cfg.train.num_workers)
+        ]
+        self.learner: Handle = spawn("learner", "learner", LearnerRole)
+        self.teacher: Handle | None = None
+        if cfg.teacher.guidance != "none":
+            self.teacher = spawn("teacher", "teacher", TeacherRole, str(buffer_dir))
+
+    def handles(self) -> list[Handle]:
+        return [*self.rollouts, self.learner, *([self.teacher] if self.teacher else [])]
+
+    def wait_ready(self) -> list[dict]:
+        """Block until every actor has started (model loaded); returns what each reports."""
+        pendings = [h.call("ready") for h in self.handles()]
+        return [{"name": h.name} | p.result() for h, p in zip(self.handles(), pendings, strict=True)]
+
+    def restart_rollout(self, index: int) -> Handle:
+        self.incarnations[index] += 1
+        n = self.incarnations[index]
+        if n > self.cfg.cluster.max_restarts:
+            raise RunStopped(f"rollout-{index} died {n} times (cluster.max_restarts={self.cfg.cluster.max_restarts})")
+        self.rollouts[index].stop()
+        self.rollouts[index] = self.spawn("rollout", f"rollout-{index}-r{n}", RolloutRole, index, n)
+        return self.rollouts[index]
+
+    def restart_teacher(self) -> Handle:
+        """A new teacher that rebuilds its merge from the checkpoint buffer on disk (not waited for)."""
+        self.teacher_incarnation += 1
+        n = self.teacher_incarnation
+        if n > self.cfg.cluster.max_restarts:
+            raise RunStopped(f"the teacher died {n} times (cluster.max_restarts={self.cfg.cluster.max_restarts})")
+        self.teacher.stop()
+        self.teacher = self.spawn("teacher", f"teacher-r{n}", TeacherRole, str(self.buffer_dir))
+        return self.teacher
+
+    def shutdown(self) -> None:
+        for handle in self.handles():
+            handle.stop()
+        self.spawn.shutdown()

@@ -244,9 +244,7 @@ class Trainer:
         except Exception as error:
             raise RunStopped(self._stop_message(f"the learner failed in save ({error})")) from error
         if self.system.teacher is not None:
-            while self._teacher() is None:  # the buffer must hold the published version (a rebuild may be on)
-                time.sleep(0.2)
-            CheckpointBuffer(self.system.buffer_dir).link_into(tmp / "teacher")
+            self._save_teacher(tmp)
         state = {
             "iteration": index,
             "policy_version": self.published.version,
@@ -258,6 +256,21 @@ class Trainer:
         }
         self.last_checkpoint = checkpoint.commit(self.run_dir, tmp, index, state, self.cfg.train.keep_checkpoints)
         return self.last_checkpoint
+
+    def _save_teacher(self, folder: Path) -> None:
+        """The teacher's RNG and a snapshot of its buffer, once it holds the published version (a
+        rebuilding teacher is waited for: the checkpoint must be complete)."""
+        while True:
+            teacher = self._teacher()
+            if teacher is None:
+                time.sleep(0.2)
+                continue
+            try:
+                teacher.call("save", str(folder / "teacher.pt")).result()
+                break
+            except ActorDied as error:
+                self._teacher_died(error)
+        CheckpointBuffer(self.system.buffer_dir).link_into(folder / "teacher")
 
     def restore(self, path: Path) -> int:
         """Continue from checkpoint ``path``: role states, counters, the current adapter everywhere.
@@ -271,8 +284,11 @@ class Trainer:
         self.published = Published(version.result(), adapter.ref)
         for handle in self.system.rollouts:
             handle.call("load_adapter", self.published.adapter, self.published.version)
-        if self.system.teacher is not None and self.published.version:
-            self._send_checkpoint()  # a no-op when the restored buffer already holds it
+        if self.system.teacher is not None:
+            if (path / "teacher.pt").is_file():
+                self.system.teacher.call("load", str(path / "teacher.pt")).result()
+            if self.published.version:
+                self._send_checkpoint()  # a no-op when the restored buffer already holds it
         self.total_env_steps = state["total_env_steps"]
         self.counters = state["counters"]
         self.system.incarnations = state["incarnations"]

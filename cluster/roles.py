@@ -206,3 +206,10 @@ class TeacherRole:
 
     def evaluate(self, first: int, episodes: int) -> list[EpisodeStats]:
         return self.evaluator.evaluate(episodes, eval_sampling(self.cfg), self.cfg.seed, first=first)
+
+    def save(self, path: str) -> None:
+        """The sampling RNG (SFT guidance samples the teacher's answers); its weights live in the buffer."""
+        torch.save({"engine_rng": self.teacher.engine.get_rng_state()}, path)
+
+    def load(self, path: str) -> None:
+        self.teacher.engine.set_rng_state(torch.load(path)["engine_rng"])

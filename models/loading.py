@@ -31,7 +31,7 @@ def resolve(model_path: str) -> Path:
     folder = Path(model_path).expanduser()
     if not folder.is_dir():
         raise FileNotFoundError(
-            f"model path {model_path!r} is not a folder. Set model.path to a local Qwen2.5-VL checkpoint "
+            f"model path {model_path!r} is not a folder. Set policy.path to a local Qwen2.5-VL checkpoint "
             f"(a folder with config.json and *.safetensors) or to one of "
             f"{', '.join(embedded.PREFIX + s for s in embedded.SIZES)} for the embedded model."
         )

@@ -1,0 +1,80 @@
+"""Checkpoints and resume in local mode: a run cut short and resumed ends where an uninterrupted one does."""
+
+import pytest
+import torch
+
+from cluster import launch
+from cluster.roles import LearnerRole
+from configs import load_config
+from tests.cluster.tiny import TINY
+
+
+def _config(run_dir, guidance, *extra):
+    return load_config(
+        None,
+        [
+            *TINY,
+            "cluster.mode=local",
+            "train.iterations=4",
+            "train.checkpoint_every=2",
+            "train.num_workers=2",
+            f"teacher.guidance={guidance}",
+            f"run_dir={run_dir}",
+            *extra,
+        ],
+    )
+
+
+def _final_learner(run_dir):
+    return torch.load(run_dir / "checkpoints" / "iter-00000004" / "learner.pt", weights_only=False)
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("guidance", ["kl", "sft"])
+def test_resume_after_a_crash_mid_checkpoint_matches_the_uninterrupted_run(tmp_path, guidance, monkeypatch):
+    quiet = lambda *_: None  # noqa: E731
+    whole = launch.run(_config(tmp_path / "whole", guidance), log=quiet)
+
+    # Cut: the checkpoint of iteration 4 dies half-written (the learner's file truncated, then a crash).
+    cut_dir = tmp_path / "cut"
+    save = LearnerRole.save
+
+    def crashing_save(self, path):
+        if "iter-00000004" in path:
+            with open(path, "wb") as f:
+                f.write(b"half a checkpoint")
+            raise Crash("power cut")
+        save(self, path)
+
+    monkeypatch.setattr(LearnerRole, "save", crashing_save)
+    with pytest.raises(Crash):
+        launch.run(_config(cut_dir, guidance), log=quiet)
+    assert (cut_dir / "checkpoints" / "latest").read_text() == "iter-00000002"  # still the last complete one
+    assert not (cut_dir / "checkpoints" / "iter-00000004").exists()
+    # The teacher's buffer on disk already holds versions 3 and 4 of the lost iterations.
+    assert len(list((cut_dir / "teacher").glob("adapter-*.safetensors"))) == 4
+    monkeypatch.setattr(LearnerRole, "save", save)
+
+    resumed_cfg = load_config(cut_dir / "config.yaml", [])
+    resumed = launch.run(resumed_cfg, resume=True, log=quiet)
+
+    a, b = _final_learner(tmp_path / "whole"), _final_learner(cut_dir)
+    assert a["version"] == b["version"] == 4
+    for key in a["adapter"]:
+        assert torch.equal(a["adapter"][key], b["adapter"][key]), key
+    for key in a["value_head"]:
+        assert torch.equal(a["value_head"][key], b["value_head"][key]), key
+    for key in ("losses/policy", "losses/value", "rollout/return", "rollout/total_env_steps", "eval/success"):
+        assert whole[key] == resumed[key], key
+    if guidance == "kl":
+        assert whole["teacher/kl"] == resumed["teacher/kl"]
+    metrics = (cut_dir / "metrics.jsonl").read_text().splitlines()
+    assert [line.split(",")[0] for line in metrics] == [f'{{"iteration": {i}' for i in range(5)]
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(launch.SetupError, match="no complete checkpoint"):
+        launch.run(_config(tmp_path, "none"), resume=True, log=lambda *_: None)

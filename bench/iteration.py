@@ -60,7 +60,7 @@ def main() -> None:
                 f"run_dir={folder}",
             ],
         )
-        system = System(cfg, LocalSpawner(cfg), default_buffer_dir(cfg, folder))
+        system = System(cfg, LocalSpawner(), default_buffer_dir(cfg, folder))
         runs[mode] = Trainer(cfg, folder, system, log=lambda *_: None)
         runs[mode].iteration(1)  # warm-up: first merge, caches
     records: dict[str, list[dict]] = {mode: [] for mode in args.modes}

@@ -42,6 +42,8 @@ def run(cfg: Config, resume: bool = False, log=print, hook: Hook | None = None) 
     if resume and latest is None:
         where = checkpoint.folder(run_dir)
         raise SetupError(f"{run_dir} holds no complete checkpoint to resume from (looked in {where})")
+    if not resume and ((run_dir / "metrics.jsonl").exists() or checkpoint.folder(run_dir).exists()):
+        raise SetupError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or set another run_dir")
     preflight(cfg)
     cfg = dataclasses.replace(cfg, run_dir=str(run_dir))
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -106,7 +108,7 @@ def preflight(cfg: Config) -> None:
 def start_spawner(cfg: Config, run_dir: Path, log) -> Spawner:
     if cfg.cluster.mode == "local":
         log("local mode: every component in this process (no Ray)")
-        return LocalSpawner(cfg)
+        return LocalSpawner()
     from cluster import remote  # Ray only when asked for
 
     try:

@@ -161,8 +161,8 @@ class RaySpawner:
         self.cfg, self.namespace, self.cluster = cfg, namespace, cluster
         self._classes: dict[type, Any] = {}
 
-    def __call__(self, kind: str, name: str, cls: type, *args: Any) -> RayHandle:
-        res = getattr(self.cfg.cluster, kind)
+    def __call__(self, kind: str, name: str, cls: type, cfg: Config, *args: Any) -> RayHandle:
+        res = getattr(cfg.cluster, kind)
         remote_cls = self._classes.setdefault(cls, ray.remote(cls))
         actor = remote_cls.options(
             name=name,
@@ -171,7 +171,7 @@ class RaySpawner:
             num_gpus=res.num_gpus,
             max_restarts=0,
             max_concurrency=1,
-        ).remote(self.cfg, "cuda" if res.num_gpus > 0 else "cpu", *args)
+        ).remote(cfg, "cuda" if res.num_gpus > 0 else "cpu", *args)
         return RayHandle(name, actor)
 
     def run(self, kind: str, fn: Callable, *args: Any) -> Any:

@@ -64,6 +64,14 @@ def derived_seed(seed: int, role: str, index: int = 0) -> int:
     return int(np.random.SeedSequence([seed, sum(map(ord, role)), index]).generate_state(1)[0])
 
 
+def _threads(cfg: Config, role: str) -> None:
+    """Torch threads of a role's process: ``cluster.<role>.threads`` for a Ray actor, else ``policy.threads``
+    (local mode: one process). DESIGN.md section 5: processes that share cores need one thread each, or they
+    slow each other down many-fold; a role that runs alone (the learner, in its phase) can take more."""
+    own = getattr(cfg.cluster, role).threads if cfg.cluster.mode == "ray" else 0
+    torch.set_num_threads(own or cfg.policy.threads)
+
+
 def _info(device: str) -> dict[str, Any]:
     return {"pid": os.getpid(), "device": device, "threads": torch.get_num_threads()}
 
@@ -73,7 +81,7 @@ class RolloutRole:
     ``index + j * num_workers``: fresh episodes from seeds no other worker uses."""
 
     def __init__(self, cfg: Config, device: str, index: int, incarnation: int = 0):
-        torch.set_num_threads(cfg.policy.threads)
+        _threads(cfg, "rollout")
         self.cfg, self.device = cfg, device
         slot = index + incarnation * cfg.train.num_workers
         p = cfg.policy
@@ -108,7 +116,7 @@ class LearnerRole:
     """The learner and the replay of SFT-guidance labels it trains on (GTR-Turbo-SFT)."""
 
     def __init__(self, cfg: Config, device: str):
-        torch.set_num_threads(cfg.policy.threads)
+        _threads(cfg, "learner")
         self.device = device
         p = cfg.policy
         self.learner = Learner(
@@ -162,7 +170,7 @@ class TeacherRole:
     (a restarted teacher actor, or a resumed run)."""
 
     def __init__(self, cfg: Config, device: str, buffer_dir: str):
-        torch.set_num_threads(cfg.policy.threads)
+        _threads(cfg, "teacher")
         self.cfg, self.device = cfg, device
         p = cfg.policy
         self.teacher = Teacher(

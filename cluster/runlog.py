@@ -146,10 +146,14 @@ def plot_curves(records: list[dict], path: Path) -> None:
     panels = (
         ("held-out and training success", ("eval/success", "eval/teacher_success", "rollout/success")),
         ("return", ("eval/return", "eval/teacher_return", "rollout/return")),
-        ("losses", ("losses/policy", "losses/value", "teacher/kl")),
+        ("policy loss, entropy / 10", ("losses/policy", "losses/entropy_scaled")),
+        ("value loss", ("losses/value",)),
+        ("teacher KL penalty (thought tokens)", ("teacher/kl",)),
         ("seconds per phase", tuple(f"time/{p}" for p in metrics.PHASES)),
     )
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    scaled = [{"losses/entropy_scaled": r["losses/entropy"] / 10} if "losses/entropy" in r else {} for r in records]
+    records = [r | extra for r, extra in zip(records, scaled, strict=True)]
+    fig, axes = plt.subplots(2, 3, figsize=(15, 7))
     for ax, (title, keys) in zip(axes.flat, panels, strict=True):
         for key in keys:
             points = [(r.get("rollout/total_env_steps", 0), r[key]) for r in records if key in r]

@@ -56,9 +56,10 @@ class Handle(Protocol):
 
 
 class Spawner(Protocol):
-    """Starts one role: ``kind`` (rollout | learner | teacher) picks its resources and device."""
+    """Starts one role as ``cls(cfg, device, *args)``; ``kind`` (rollout | learner | teacher) picks its
+    resources and device."""
 
-    def __call__(self, kind: str, name: str, cls: type, *args: Any) -> Handle: ...
+    def __call__(self, kind: str, name: str, cls: type, cfg: Config, *args: Any) -> Handle: ...
 
     def run(self, kind: str, fn: Callable, *args: Any) -> Any:
         """Run a one-off function with a role's resources (the SFT warm start) and return its result."""
@@ -108,11 +109,8 @@ def local_device(cfg: Config, kind: str) -> str:
 class LocalSpawner:
     """Local mode: every role is a plain object in this process."""
 
-    def __init__(self, cfg: Config):
-        self.cfg = cfg
-
-    def __call__(self, kind: str, name: str, cls: type, *args: Any) -> LocalHandle:
-        return LocalHandle(name, cls(self.cfg, local_device(self.cfg, kind), *args))
+    def __call__(self, kind: str, name: str, cls: type, cfg: Config, *args: Any) -> LocalHandle:
+        return LocalHandle(name, cls(cfg, local_device(cfg, kind), *args))
 
     def run(self, kind: str, fn: Callable, *args: Any) -> Any:
         return fn(*args)
@@ -129,12 +127,12 @@ class System:
         self.incarnations = [0] * cfg.train.num_workers
         self.teacher_incarnation = 0
         self.rollouts: list[Handle] = [
-            spawn("rollout", f"rollout-{i}", RolloutRole, i) for i in range(cfg.train.num_workers)
+            spawn("rollout", f"rollout-{i}", RolloutRole, cfg, i) for i in range(cfg.train.num_workers)
         ]
-        self.learner: Handle = spawn("learner", "learner", LearnerRole)
+        self.learner: Handle = spawn("learner", "learner", LearnerRole, cfg)
         self.teacher: Handle | None = None
         if cfg.teacher.guidance != "none":
-            self.teacher = spawn("teacher", "teacher", TeacherRole, str(buffer_dir))
+            self.teacher = spawn("teacher", "teacher", TeacherRole, cfg, str(buffer_dir))
 
     def handles(self) -> list[Handle]:
         return [*self.rollouts, self.learner, *([self.teacher] if self.teacher else [])]
@@ -150,7 +148,7 @@ class System:
         if n > self.cfg.cluster.max_restarts:
             raise RunStopped(f"rollout-{index} died {n} times (cluster.max_restarts={self.cfg.cluster.max_restarts})")
         self.rollouts[index].stop()
-        self.rollouts[index] = self.spawn("rollout", f"rollout-{index}-r{n}", RolloutRole, index, n)
+        self.rollouts[index] = self.spawn("rollout", f"rollout-{index}-r{n}", RolloutRole, self.cfg, index, n)
         return self.rollouts[index]
 
     def restart_teacher(self) -> Handle:
@@ -160,7 +158,7 @@ class System:
         if n > self.cfg.cluster.max_restarts:
             raise RunStopped(f"the teacher died {n} times (cluster.max_restarts={self.cfg.cluster.max_restarts})")
         self.teacher.stop()
-        self.teacher = self.spawn("teacher", f"teacher-r{n}", TeacherRole, str(self.buffer_dir))
+        self.teacher = self.spawn("teacher", f"teacher-r{n}", TeacherRole, self.cfg, str(self.buffer_dir))
         return self.teacher
 
     def shutdown(self) -> None:

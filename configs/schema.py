@@ -209,6 +209,7 @@ class ResourcesConfig:
 
     num_cpus: float = 1.0
     num_gpus: float = 0.0
+    threads: int = 0  # torch threads in this role's process (0 = policy.threads)
 
 
 @dataclass
@@ -228,8 +229,8 @@ class ClusterConfig:
         _choice("cluster.mode", self.mode, ("ray", "local"))
         for role in ("rollout", "learner", "teacher"):
             res = getattr(self, role)
-            if res.num_cpus < 0 or res.num_gpus < 0:
-                raise ValueError(f"cluster.{role}.num_cpus and cluster.{role}.num_gpus must be >= 0")
+            if res.num_cpus < 0 or res.num_gpus < 0 or res.threads < 0:
+                raise ValueError(f"cluster.{role}.num_cpus, num_gpus and threads must be >= 0")
             if res.num_gpus > 1 and res.num_gpus != int(res.num_gpus):
                 raise ValueError(f"cluster.{role}.num_gpus={res.num_gpus}: above 1 it must be a whole number")
         if self.num_cpus < 0 or self.max_restarts < 0:

@@ -33,3 +33,22 @@ def test_two_iterations(tmp_path, guidance):
         assert last["teacher/labels"] >= 0 and "time/score" in last
     if guidance == "none":
         assert "teacher/kl" not in last and not (tmp_path / "teacher").exists()
+
+
+def test_warm_start_sft_then_every_role_starts_from_its_checkpoint(tmp_path):
+    seen = {}
+
+    def hook(phase, index, trainer):
+        if phase == "sample" and index == 1:
+            s = trainer.system
+            seen["rollout"] = s.rollouts[0].obj.engine.model.config._name_or_path
+            seen["teacher"] = s.teacher.obj.teacher.engine.model.config._name_or_path
+            seen["learner"] = s.learner.obj.learner.policy.model.base_model.model.config._name_or_path
+
+    overrides = [*TINY, "cluster.mode=local", "train.warm_start=sft", "sft.steps=3", "sft.batch_size=2"]
+    cfg = load_config(None, [*overrides, "train.iterations=1", f"run_dir={tmp_path}"])
+    launch.run(cfg, log=lambda *_: None, hook=hook)
+    checkpoint = str(tmp_path / "warm_start" / "checkpoint")
+    assert seen == {"rollout": checkpoint, "teacher": checkpoint, "learner": checkpoint}
+    with pytest.raises(launch.SetupError, match="already holds a run"):  # a new run never mixes into an old one
+        launch.run(cfg, log=lambda *_: None)

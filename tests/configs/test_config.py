@@ -71,8 +71,12 @@ def test_bad_files(tmp_path):
         load_config(unknown)
 
 
-@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.rglob("*.yaml")), ids=lambda p: str(p.relative_to(CONFIG_DIR)))
 def test_shipped_configs_load_and_say_how_to_run_them(path):
     load_config(path)
-    first_line = path.read_text().splitlines()[0]
-    assert first_line.startswith("# python -m "), f"{path.name} must start with a comment showing its command"
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# ") and "python -m " in first, (
+        f"{path.name} must start with a comment showing its command"
+    )
+    if path.parent != CONFIG_DIR:  # configs in sub-folders name their own path in that command
+        assert f"configs/{path.relative_to(CONFIG_DIR)}" in first

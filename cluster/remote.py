@@ -107,7 +107,7 @@ def connect(cfg: Config, namespace: str, log: Callable[[str], None] = print) -> 
 
 def _dashboard_url() -> str:
     try:
-        url = ray.worker.get_dashboard_url()
+        url = ray._private.worker.get_dashboard_url()  # no public accessor in Ray 2.60
     except Exception:  # noqa: BLE001 - no dashboard in this cluster
         return ""
     return f"http://{url}" if url else ""

@@ -88,7 +88,10 @@ def connect(cfg: Config, namespace: str, log: Callable[[str], None] = print) -> 
     if address:
         ctx = ray.init(address=address, namespace=namespace, log_to_driver=True)
         return ClusterInfo(address, ctx.dashboard_url or "", started_here=False)
-    cpus = cfg.cluster.num_cpus or max(float(os.cpu_count() or 1), sum(d[1] for d in demands(cfg)))
+    cores, wanted = float(os.cpu_count() or 1), sum(d[1] for d in demands(cfg))
+    cpus = cfg.cluster.num_cpus or max(cores, wanted)
+    if cpus > cores:
+        log(f"ray: {cpus:g} logical CPUs on {cores:g} cores (the actors ask for {wanted:g}; they take turns)")
     kwargs: dict[str, Any] = {}
     if cfg.cluster.num_gpus >= 0:
         kwargs["num_gpus"] = cfg.cluster.num_gpus

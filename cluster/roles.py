@@ -22,36 +22,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from actors.engines.base import SamplingParams
 from actors.engines.hf import HFEngine
 from actors.prompts import spec_for
-from actors.rollout import RolloutSettings, RolloutWorker
+from actors.rollout import RolloutWorker
 from actors.trajectory import Batch, EpisodeStats
 from configs import Config
+from configs.settings import eval_sampling, lora_settings, rollout_settings, sampling
 from learner.learner import Learner, SFTLabel
 from learner.sft import eval_env_config
-from models.lora import LoraSettings
 from teacher.guidance import kl_penalties, sft_labels
 from teacher.teacher import Teacher
-
-
-def lora_settings(cfg: Config) -> LoraSettings:
-    return LoraSettings(cfg.policy.lora_rank, cfg.policy.lora_alpha, cfg.policy.lora_dropout)
-
-
-def sampling(cfg: Config) -> SamplingParams:
-    return SamplingParams(cfg.policy.temperature, cfg.policy.top_k, cfg.policy.max_new_tokens)
-
-
-def eval_sampling(cfg: Config) -> SamplingParams:
-    return SamplingParams(cfg.eval.temperature, cfg.policy.top_k, cfg.policy.max_new_tokens)
-
-
-def rollout_settings(cfg: Config, num_envs: int | None = None) -> RolloutSettings:
-    r = cfg.rollout
-    return RolloutSettings(
-        num_envs or r.num_envs, r.thought_weight, r.format_valid, r.format_invalid, r.invalid_action, sampling(cfg)
-    )
 
 
 def updates_per_iteration(cfg: Config) -> int:

@@ -28,17 +28,17 @@ import torch
 
 import envs
 from actors.demos import expert_answer
-from actors.engines.base import SamplingParams
 from actors.engines.hf import HFEngine
 from actors.prompts import prompt_text
-from actors.rollout import RolloutSettings, RolloutWorker, eval_seed, train_seed
+from actors.rollout import RolloutWorker, eval_seed, train_seed
 from actors.trajectory import Observation, summarize
 from configs import Config
 from configs.loader import parse_cli, to_yaml
 from configs.schema import SFTConfig
+from configs.settings import eval_sampling, lora_settings, rollout_settings
 from models import scoring
 from models.loading import load_vlm
-from models.lora import LoraSettings, add_lora
+from models.lora import add_lora
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,7 @@ class SFTTrainer:
         torch.manual_seed(cfg.seed)
         model, self.processor = load_vlm(cfg.policy.path, cfg.policy.dtype, cfg.policy.device)
         if not cfg.sft.full:
-            model = add_lora(model, _lora(cfg))
+            model = add_lora(model, lora_settings(cfg))
         if cfg.sft.freeze_vision:
             for name, param in model.named_parameters():
                 if ".visual." in f".{name}":
@@ -150,12 +150,11 @@ class SFTTrainer:
         self.model.eval()
         try:
             engine = HFEngine.from_model(self.model, self.processor, seed=self.cfg.seed)
-            settings = _rollout_settings(self.cfg, self.cfg.eval.num_envs)
+            settings = rollout_settings(self.cfg, self.cfg.eval.num_envs)
             worker = RolloutWorker(
                 self.cfg.env, engine, settings, self.cfg.seed, eval_env_cfg=eval_env_config(self.cfg)
             )
-            sampling = SamplingParams(self.cfg.eval.temperature, self.cfg.policy.top_k, self.cfg.policy.max_new_tokens)
-            return summarize(worker.evaluate(self.cfg.eval.episodes, sampling))
+            return summarize(worker.evaluate(self.cfg.eval.episodes, eval_sampling(self.cfg)))
         finally:
             self.model.train()
 
@@ -206,16 +205,6 @@ def run(cfg: Config, log=print, evaluate_at_end: bool = True) -> dict:
     (run_dir / "sft_summary.json").write_text(json.dumps(summary, indent=2))
     log(f"checkpoint: {output}")
     return summary
-
-
-def _lora(cfg: Config) -> LoraSettings:
-    return LoraSettings(cfg.policy.lora_rank, cfg.policy.lora_alpha, cfg.policy.lora_dropout)
-
-
-def _rollout_settings(cfg: Config, num_envs: int) -> RolloutSettings:
-    r = cfg.rollout
-    sampling = SamplingParams(cfg.policy.temperature, cfg.policy.top_k, cfg.policy.max_new_tokens)
-    return RolloutSettings(num_envs, r.thought_weight, r.format_valid, r.format_invalid, r.invalid_action, sampling)
 
 
 def _warmup_cosine(s: SFTConfig) -> Callable[[int], float]:

@@ -1,0 +1,33 @@
+"""The plain settings objects the components take, made from the config in one place.
+
+Components receive plain numbers and small dataclasses, never the config (STYLE.md 1 and 4); these are
+the translations both the SFT trainer and the training roles use.
+"""
+
+from __future__ import annotations
+
+from actors.engines.base import SamplingParams
+from actors.rollout import RolloutSettings
+from configs.schema import Config
+from models.lora import LoraSettings
+
+
+def lora_settings(cfg: Config) -> LoraSettings:
+    return LoraSettings(cfg.policy.lora_rank, cfg.policy.lora_alpha, cfg.policy.lora_dropout)
+
+
+def sampling(cfg: Config) -> SamplingParams:
+    """How rollouts sample: the policy's temperature and top-k (log-probs at that temperature)."""
+    return SamplingParams(cfg.policy.temperature, cfg.policy.top_k, cfg.policy.max_new_tokens)
+
+
+def eval_sampling(cfg: Config) -> SamplingParams:
+    """How evaluation samples: ``eval.temperature`` (0 = greedy)."""
+    return SamplingParams(cfg.eval.temperature, cfg.policy.top_k, cfg.policy.max_new_tokens)
+
+
+def rollout_settings(cfg: Config, num_envs: int | None = None) -> RolloutSettings:
+    r = cfg.rollout
+    return RolloutSettings(
+        num_envs or r.num_envs, r.thought_weight, r.format_valid, r.format_invalid, r.invalid_action, sampling(cfg)
+    )

@@ -27,7 +27,7 @@ from actors.prompts import spec_for
 from actors.rollout import RolloutWorker
 from actors.trajectory import Batch, EpisodeStats
 from configs import Config
-from configs.settings import eval_sampling, lora_settings, rollout_settings, sampling
+from configs.settings import eval_sampling, eval_seed_base, lora_settings, rollout_settings, sampling
 from learner.learner import Learner, SFTLabel
 from learner.sft import eval_env_config
 from teacher.guidance import kl_penalties, sft_labels
@@ -83,7 +83,7 @@ class RolloutRole:
         self.worker.load_adapter(adapter, version)
 
     def evaluate(self, first: int, episodes: int) -> list[EpisodeStats]:
-        return self.evaluator.evaluate(episodes, eval_sampling(self.cfg), self.cfg.seed, first=first)
+        return self.evaluator.evaluate(episodes, eval_sampling(self.cfg), eval_seed_base(self.cfg), first=first)
 
     def save(self, path: str) -> None:
         torch.save(self.worker.state_dict(), path)
@@ -193,7 +193,7 @@ class TeacherRole:
         return sft_labels(self.teacher, transitions, spec_for(self.cfg.env.id), sampling(self.cfg))
 
     def evaluate(self, first: int, episodes: int) -> list[EpisodeStats]:
-        return self.evaluator.evaluate(episodes, eval_sampling(self.cfg), self.cfg.seed, first=first)
+        return self.evaluator.evaluate(episodes, eval_sampling(self.cfg), eval_seed_base(self.cfg), first=first)
 
     def save(self, path: str) -> None:
         """The sampling RNG (SFT guidance samples the teacher's answers); its weights live in the buffer."""

@@ -103,6 +103,7 @@ class EvalConfig:
     num_envs: int = 50  # episodes played side by side
     temperature: float = 0.0  # 0 = greedy
     alfworld_split: str = "valid_unseen"  # ALFWorld evaluates on another split than it trains on
+    seed: int = -1  # base seed of the held-out episodes (-1 = the run's seed); experiments fix it across seeds
 
     def __post_init__(self):
         _positive("eval", self, ("episodes", "num_envs"))

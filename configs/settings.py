@@ -31,3 +31,8 @@ def rollout_settings(cfg: Config, num_envs: int | None = None) -> RolloutSetting
     return RolloutSettings(
         num_envs or r.num_envs, r.thought_weight, r.format_valid, r.format_invalid, r.invalid_action, sampling(cfg)
     )
+
+
+def eval_seed_base(cfg: Config) -> int:
+    """The seed the held-out episodes derive from: ``eval.seed``, else the run's seed."""
+    return cfg.seed if cfg.eval.seed < 0 else cfg.eval.seed

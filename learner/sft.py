@@ -35,7 +35,7 @@ from actors.trajectory import Observation, summarize
 from configs import Config
 from configs.loader import parse_cli, to_yaml
 from configs.schema import SFTConfig
-from configs.settings import eval_sampling, lora_settings, rollout_settings
+from configs.settings import eval_sampling, eval_seed_base, lora_settings, rollout_settings
 from models import scoring
 from models.loading import load_vlm
 from models.lora import add_lora
@@ -72,7 +72,8 @@ def held_out_keys(cfg: Config) -> set[tuple]:
             raise ValueError("ALFWorld evaluation must use another split than training (eval.alfworld_split)")
         return set()
     env = envs.make_env(cfg.env)
-    return {state_key(cfg.env.id, env.reset(seed=eval_seed(cfg.seed, j))[1]) for j in range(cfg.eval.episodes)}
+    base = eval_seed_base(cfg)
+    return {state_key(cfg.env.id, env.reset(seed=eval_seed(base, j))[1]) for j in range(cfg.eval.episodes)}
 
 
 def demonstrations(cfg: Config, exclude: set[tuple]) -> Iterator[Demo]:
@@ -154,7 +155,8 @@ class SFTTrainer:
             worker = RolloutWorker(
                 self.cfg.env, engine, settings, self.cfg.seed, eval_env_cfg=eval_env_config(self.cfg)
             )
-            return summarize(worker.evaluate(self.cfg.eval.episodes, eval_sampling(self.cfg)))
+            episodes = worker.evaluate(self.cfg.eval.episodes, eval_sampling(self.cfg), eval_seed_base(self.cfg))
+            return summarize(episodes)
         finally:
             self.model.train()
 

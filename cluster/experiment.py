@@ -1,0 +1,276 @@
+"""A grid of training runs x seeds from one SFT warm start and one env-step budget, and its results.
+
+    python -m cluster.experiment configs/experiments/ezpoints_main.yaml [--only kl,ppo] [--parallel 2]
+                                                                         [--results-only]
+
+1. The SFT warm start runs once (``python -m learner.sft`` on the base config); every run starts from
+   its checkpoint, and its held-out evaluation is every run's point at env step 0.
+2. Every (run, seed) is ``python -m cluster.launch`` in a subprocess with the base config, the
+   experiment's overrides, the run's overrides and ``seed=<k>``; all runs evaluate on the same held-out
+   episodes (``eval.seed``), and all share the base config's env-step budget (iterations x rounds x
+   envs x workers; an override that changes it is refused). ``parallel`` runs go side by side (one per
+   core here). A run that finished before (its summary.md exists) is not run again, so an interrupted
+   experiment continues where it stopped; its log is ``<output>/<run>/seed<k>/launch.log``.
+3. ``<output>/results.md`` (final held-out success and return, mean and spread over seeds, the merged
+   teacher next to the student) and ``<output>/results.png`` (held-out success against env steps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from cluster.runlog import read_records
+from configs import ConfigError, load_config
+
+
+@dataclass
+class ExperimentSpec:
+    name: str = "experiment"
+    base: str = ""  # a training config every run starts from ("" = the schema's defaults)
+    overrides: list[str] = field(default_factory=list)  # applied to every run and to the warm start
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    eval_seed: int = 0  # every run evaluates on the held-out episodes of this seed
+    runs: dict[str, list[str]] = field(default_factory=dict)  # run name -> its overrides
+    parallel: int = 2  # runs side by side
+    output: str = ""  # "" = runs/experiments/<name>
+
+
+def load_spec(path: str | Path, cli: list[str] = ()) -> ExperimentSpec:
+    try:
+        spec = OmegaConf.merge(OmegaConf.structured(ExperimentSpec), OmegaConf.load(path), OmegaConf.from_dotlist(cli))
+        spec = OmegaConf.to_object(spec)
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"experiment file {path}: {str(error).splitlines()[0]}") from None
+    if not spec.runs or not spec.seeds or spec.parallel < 1:
+        raise ConfigError(f"experiment file {path}: needs at least one run, one seed and parallel >= 1")
+    return spec
+
+
+@dataclass
+class Job:
+    run: str
+    seed: int
+    folder: Path
+    argv: list[str]
+
+
+def env_steps(cfg) -> int:
+    return cfg.train.iterations * cfg.train.rounds * cfg.rollout.num_envs * cfg.train.num_workers
+
+
+def plan(spec: ExperimentSpec, output: Path) -> tuple[list[str], list[Job]]:
+    """The warm start's command and every run's, each config checked before anything starts."""
+    base = [*(["--config", spec.base] if spec.base else []), *spec.overrides]
+    common = [f"eval.seed={spec.eval_seed}"]
+    start = output / "warm_start"
+    warm = [*base, *common, f"seed={spec.eval_seed}", f"run_dir={start}", f"sft.output={start / 'checkpoint'}"]
+    budget = env_steps(_load(base + common))
+    jobs = []
+    for run, overrides in spec.runs.items():
+        for seed in spec.seeds:
+            folder = output / run / f"seed{seed}"
+            argv = [*base, *overrides, *common, f"seed={seed}", f"run_dir={folder}"]
+            argv += [f"policy.path={start / 'checkpoint'}", "train.warm_start=none", "train.eval_before=false"]
+            cfg = _load(argv)
+            if env_steps(cfg) != budget:
+                steps = env_steps(cfg)
+                raise ConfigError(f"run {run} trains {steps} env steps, the experiment {budget}: keep one budget")
+            jobs.append(Job(run, seed, folder, argv))
+    return warm, jobs
+
+
+def _load(argv: list[str]):
+    """The config a command line of ``--config X key=value ...`` stands for."""
+    config = argv[1] if argv[:1] == ["--config"] else None
+    return load_config(config, argv[2:] if config else argv)
+
+
+def run_all(spec: ExperimentSpec, output: Path, only: set[str] | None, log=print) -> None:
+    warm, jobs = plan(spec, output)
+    output.mkdir(parents=True, exist_ok=True)
+    checkpoint = output / "warm_start" / "checkpoint"
+    if not (checkpoint / "config.json").is_file():
+        log(f"warm start -> {checkpoint}")
+        _run([sys.executable, "-m", "learner.sft", *warm], output / "warm_start.log")
+    todo = [j for j in jobs if (only is None or j.run in only) and not (j.folder / "summary.md").is_file()]
+    log(f"{len(todo)} runs to go ({len(jobs)} in the grid), {spec.parallel} at a time")
+    running: list[tuple[Job, subprocess.Popen, float]] = []
+    while todo or running:
+        while todo and len(running) < spec.parallel:
+            job = todo.pop(0)
+            if job.folder.exists():  # a run cut off before its end: start it again from scratch
+                _clear(job.folder)
+            job.folder.mkdir(parents=True, exist_ok=True)
+            argv = [sys.executable, "-m", "cluster.launch", *job.argv]
+            running.append((job, _start(argv, job.folder / "launch.log"), time.perf_counter()))
+            log(f"started {job.run} seed {job.seed}")
+        time.sleep(1.0)
+        for item in list(running):
+            job, process, began = item
+            if process.poll() is not None:
+                running.remove(item)
+                minutes = (time.perf_counter() - began) / 60
+                state = "done" if process.returncode == 0 else f"FAILED (exit {process.returncode}, see launch.log)"
+                log(f"{job.run} seed {job.seed}: {state} in {minutes:.1f} min")
+                (job.folder / "wall_minutes.txt").write_text(f"{minutes:.2f}\n")
+
+
+def _start(argv: list[str], log_path: Path) -> subprocess.Popen:
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(argv, stdout=open(log_path, "w"), stderr=subprocess.STDOUT, env=env)
+
+
+def _run(argv: list[str], log_path: Path) -> None:
+    if _start(argv, log_path).wait() != 0:
+        raise RuntimeError(f"{' '.join(argv[:4])} failed; see {log_path}")
+
+
+def _clear(folder: Path) -> None:
+    shutil.rmtree(folder)
+
+
+# ---------------------------------------------------------------------- results
+
+
+def start_point(output: Path) -> dict[str, float]:
+    """The warm start's held-out evaluation: every run's point at env step 0."""
+    summary = output / "warm_start" / "sft_summary.json"
+    if not summary.is_file():
+        return {}
+    history = json.loads(summary.read_text())["history"]
+    return history[-1] if history else {}
+
+
+def curves(output: Path, spec: ExperimentSpec) -> dict[str, dict[int, list[tuple[int, dict]]]]:
+    """run -> seed -> [(env steps, evaluation record)], the warm start's at 0."""
+    start = start_point(output)
+    out: dict[str, dict[int, list[tuple[int, dict]]]] = {}
+    for run in spec.runs:
+        for seed in spec.seeds:
+            path = output / run / f"seed{seed}" / "metrics.jsonl"
+            if not (path.parent / "summary.md").is_file():
+                continue
+            points = [(0, {f"eval/{k}": v for k, v in start.items()})] if start else []
+            points += [(r["rollout/total_env_steps"], r) for r in read_records(path) if "eval/success" in r]
+            out.setdefault(run, {})[seed] = points
+    return out
+
+
+def _stat(values: list[float], percent: bool) -> str:
+    if not values:
+        return "-"
+    scale = 100 if percent else 1
+    mean, std = scale * float(np.mean(values)), scale * float(np.std(values))
+    unit = " %" if percent else ""
+    spread = f" ({scale * min(values):.0f}-{scale * max(values):.0f})" if percent else ""
+    return f"{mean:.1f}{unit} ± {std:.1f}{spread}"
+
+
+def results_table(output: Path, spec: ExperimentSpec) -> str:
+    data = curves(output, spec)
+    start = start_point(output)
+    lines = [
+        "| run | seeds | final success | success (solvable) | return | teacher success | teacher - student "
+        "(mean over evals) | minutes / run |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    if start:
+        lines.append(
+            f"| SFT start | - | {100 * start.get('success', 0):.1f} % | "
+            f"{100 * start.get('success_solvable', start.get('success', 0)):.1f} % | {start.get('return', 0):.2f} "
+            "| = student | 0 | - |"
+        )
+    for run, seeds in data.items():
+        finals = [points[-1][1] for points in seeds.values()]
+        gaps = [
+            r["eval/teacher_success"] - r["eval/success"]
+            for points in seeds.values()
+            for _, r in points[1:]
+            if "eval/teacher_success" in r
+        ]
+        minutes = [_minutes(output / run / f"seed{s}") for s in seeds]
+        lines.append(
+            f"| {run} | {len(seeds)} | {_stat([r['eval/success'] for r in finals], True)} | "
+            f"{_stat([r.get('eval/success_solvable', r['eval/success']) for r in finals], True)} | "
+            f"{_stat([r['eval/return'] for r in finals], False)} | "
+            f"{_stat([r['eval/teacher_success'] for r in finals if 'eval/teacher_success' in r], True)} | "
+            f"{(f'{100 * np.mean(gaps):+.1f} points') if gaps else '-'} | "
+            f"{np.mean([m for m in minutes if m]) if any(minutes) else 0:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def _minutes(folder: Path) -> float:
+    path = folder / "wall_minutes.txt"
+    return float(path.read_text()) if path.is_file() else 0.0
+
+
+def plot(output: Path, spec: ExperimentSpec, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for run, seeds in curves(output, spec).items():
+        steps = sorted({s for points in seeds.values() for s, _ in points})
+        rows = [[dict(points).get(s, {}).get("eval/success") for s in steps] for points in seeds.values()]
+        mean = [np.mean([r[i] for r in rows if r[i] is not None]) for i in range(len(steps))]
+        low = [min(r[i] for r in rows if r[i] is not None) for i in range(len(steps))]
+        high = [max(r[i] for r in rows if r[i] is not None) for i in range(len(steps))]
+        (line,) = ax.plot(steps, mean, marker="o", label=f"{run} ({len(seeds)} seeds)")
+        ax.fill_between(steps, low, high, alpha=0.15, color=line.get_color())
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("held-out success (mean, band = min-max over seeds)")
+    ax.set_title(spec.name)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def write_results(output: Path, spec: ExperimentSpec) -> str:
+    table = results_table(output, spec)
+    runs = f"{output}/<run>/seed<k>/ (summary.md, metrics.jsonl)"
+    text = f"# {spec.name}\n\n{table}\n\nPlot: results.png. Runs: {runs}.\n"
+    (output / "results.md").write_text(text)
+    plot(output, spec, output / "results.png")
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run a grid of training configs x seeds and tabulate it")
+    parser.add_argument("experiment", help="an experiment file under configs/experiments/")
+    parser.add_argument("--only", help="comma-separated run names to run (the results cover every finished run)")
+    parser.add_argument("--results-only", action="store_true", help="only rebuild results.md and results.png")
+    parser.add_argument("overrides", nargs="*", help="key=value changes to the experiment file (e.g. parallel=1)")
+    args = parser.parse_args(argv)
+    try:
+        spec = load_spec(args.experiment, args.overrides)
+        output = Path(spec.output or f"runs/experiments/{spec.name}")
+        if not args.results_only:
+            began = time.perf_counter()
+            run_all(spec, output, set(args.only.split(",")) if args.only else None)
+            print(f"grid done in {(time.perf_counter() - began) / 60:.1f} min")
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(write_results(output, spec))
+    print(f"results: {output / 'results.md'}  plot: {output / 'results.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

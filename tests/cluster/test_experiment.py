@@ -1,0 +1,51 @@
+"""The experiment runner: one warm start, a grid of runs x seeds through the launcher, a results table."""
+
+import json
+
+import pytest
+
+from cluster import experiment
+from configs import ConfigError
+from tests.cluster.tiny import TINY
+
+
+def _spec(tmp_path, **changes):
+    body = {
+        "name": "tiny",
+        "overrides": [*TINY, "cluster.mode=local", "train.iterations=1", "sft.steps=2", "sft.batch_size=2"],
+        "seeds": [0],
+        "runs": {"ppo": ["teacher.guidance=none"], "kl": ["teacher.guidance=kl"]},
+        "parallel": 2,
+        "output": str(tmp_path / "out"),
+    } | changes
+    path = tmp_path / "tiny.yaml"
+    path.write_text(json.dumps(body))  # JSON is YAML
+    return path
+
+
+def test_grid_runs_from_one_warm_start_and_tabulates(tmp_path, capsys):
+    path = _spec(tmp_path)
+    assert experiment.main([str(path)]) == 0
+    out = tmp_path / "out"
+    assert (out / "warm_start" / "checkpoint" / "config.json").is_file()
+    for run in ("ppo", "kl"):
+        records = [json.loads(x) for x in (out / run / "seed0" / "metrics.jsonl").read_text().splitlines()]
+        assert [r["iteration"] for r in records] == [1]  # no evaluation before: the warm start's is shared
+        config = (out / run / "seed0" / "config.yaml").read_text()
+        assert str(out / "warm_start" / "checkpoint") in config and "seed: 0" in config
+    table = (out / "results.md").read_text()
+    assert "| SFT start |" in table and "| ppo | 1 |" in table and "| kl | 1 |" in table
+    assert (out / "results.png").stat().st_size > 5_000
+    capsys.readouterr()
+    assert experiment.main([str(path)]) == 0  # finished runs are not run again
+    assert "0 runs to go (2 in the grid)" in capsys.readouterr().out
+
+
+def test_bad_experiments_fail_before_anything_runs(tmp_path):
+    with pytest.raises(ConfigError, match="unknown config key 'teacher.guidence'"):
+        experiment.plan(experiment.load_spec(_spec(tmp_path, runs={"x": ["teacher.guidence=kl"]})), tmp_path)
+    with pytest.raises(ConfigError, match="keep one budget"):
+        experiment.plan(experiment.load_spec(_spec(tmp_path, runs={"x": ["train.rounds=7"]})), tmp_path)
+    with pytest.raises(ConfigError, match="Key 'seed' not in 'ExperimentSpec'|seed"):
+        experiment.load_spec(_spec(tmp_path, seed=3))
+    assert not (tmp_path / "out").exists()

@@ -11,8 +11,9 @@
    envs x workers; an override that changes it is refused). ``parallel`` runs go side by side (one per
    core here). A run that finished before (its summary.md exists) is not run again, so an interrupted
    experiment continues where it stopped; its log is ``<output>/<run>/seed<k>/launch.log``.
-3. ``<output>/results.md`` (final held-out success and return, mean and spread over seeds, the merged
-   teacher next to the student) and ``<output>/results.png`` (held-out success against env steps).
+3. ``<output>/<name>.md`` (final held-out success and return, mean and spread over seeds, the merged
+   teacher next to the student) and ``<output>/<name>.png`` (held-out success against env steps).
+   Several experiments may share one output folder (and so one warm start, and runs they have in common).
 """
 
 from __future__ import annotations
@@ -244,9 +245,9 @@ def plot(output: Path, spec: ExperimentSpec, path: Path) -> None:
 def write_results(output: Path, spec: ExperimentSpec) -> str:
     table = results_table(output, spec)
     runs = f"{output}/<run>/seed<k>/ (summary.md, metrics.jsonl)"
-    text = f"# {spec.name}\n\n{table}\n\nPlot: results.png. Runs: {runs}.\n"
-    (output / "results.md").write_text(text)
-    plot(output, spec, output / "results.png")
+    text = f"# {spec.name}\n\n{table}\n\nPlot: {spec.name}.png. Runs: {runs}.\n"
+    (output / f"{spec.name}.md").write_text(text)
+    plot(output, spec, output / f"{spec.name}.png")
     return table
 
 
@@ -254,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run a grid of training configs x seeds and tabulate it")
     parser.add_argument("experiment", help="an experiment file under configs/experiments/")
     parser.add_argument("--only", help="comma-separated run names to run (the results cover every finished run)")
-    parser.add_argument("--results-only", action="store_true", help="only rebuild results.md and results.png")
+    parser.add_argument("--results-only", action="store_true", help="only rebuild <output>/<name>.md and .png")
     parser.add_argument("overrides", nargs="*", help="key=value changes to the experiment file (e.g. parallel=1)")
     args = parser.parse_args(argv)
     try:
@@ -268,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(write_results(output, spec))
-    print(f"results: {output / 'results.md'}  plot: {output / 'results.png'}")
+    print(f"results: {output / (spec.name + '.md')}  plot: {output / (spec.name + '.png')}")
     return 0
 
 

@@ -33,9 +33,9 @@ def test_grid_runs_from_one_warm_start_and_tabulates(tmp_path, capsys):
         assert [r["iteration"] for r in records] == [1]  # no evaluation before: the warm start's is shared
         config = (out / run / "seed0" / "config.yaml").read_text()
         assert str(out / "warm_start" / "checkpoint") in config and "seed: 0" in config
-    table = (out / "results.md").read_text()
+    table = (out / "tiny.md").read_text()
     assert "| SFT start |" in table and "| ppo | 1 |" in table and "| kl | 1 |" in table
-    assert (out / "results.png").stat().st_size > 5_000
+    assert (out / "tiny.png").stat().st_size > 5_000
     capsys.readouterr()
     assert experiment.main([str(path)]) == 0  # finished runs are not run again
     assert "0 runs to go (2 in the grid)" in capsys.readouterr().out

@@ -213,6 +213,29 @@ def results_table(output: Path, spec: ExperimentSpec) -> str:
     return "\n".join(lines)
 
 
+def teacher_table(output: Path, spec: ExperimentSpec) -> str:
+    """The merged teacher as a policy next to the student, at every evaluation (mean over seeds)."""
+    lines = [
+        "| run | env steps | student success | teacher success | teacher - student | seeds |",
+        "|---|---|---|---|---|---|",
+    ]
+    for run, seeds in curves(output, spec).items():
+        steps = sorted({s for points in seeds.values() for s, r in points if "eval/teacher_success" in r})
+        for step in steps:
+            pairs = [
+                (r["eval/success"], r["eval/teacher_success"])
+                for points in seeds.values()
+                for s, r in points
+                if s == step and "eval/teacher_success" in r
+            ]
+            student, teacher = np.mean([p[0] for p in pairs]), np.mean([p[1] for p in pairs])
+            lines.append(
+                f"| {run} | {step} | {100 * student:.1f} % | {100 * teacher:.1f} % | "
+                f"{100 * (teacher - student):+.1f} | {len(pairs)} |"
+            )
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def _minutes(folder: Path) -> float:
     path = folder / "wall_minutes.txt"
     return float(path.read_text()) if path.is_file() else 0.0
@@ -246,6 +269,9 @@ def write_results(output: Path, spec: ExperimentSpec) -> str:
     table = results_table(output, spec)
     runs = f"{output}/<run>/seed<k>/ (summary.md, metrics.jsonl)"
     text = f"# {spec.name}\n\n{table}\n\nPlot: {spec.name}.png. Runs: {runs}.\n"
+    teacher = teacher_table(output, spec)
+    if teacher:
+        text += f"\n## The merged teacher as a policy, at every evaluation\n\n{teacher}\n"
     (output / f"{spec.name}.md").write_text(text)
     plot(output, spec, output / f"{spec.name}.png")
     return table

@@ -35,7 +35,7 @@ def test_grid_runs_from_one_warm_start_and_tabulates(tmp_path, capsys):
         assert str(out / "warm_start" / "checkpoint") in config and "seed: 0" in config
     table = (out / "tiny.md").read_text()
     assert "| SFT start |" in table and "| ppo | 1 |" in table and "| kl | 1 |" in table
-    assert "## The merged teacher as a policy" in table and "| kl | 24 |" in table
+    assert "## The merged teacher as a policy" in table and "| kl | 12 |" in table  # 1 update of 3 rounds x 4 envs
     assert (out / "tiny.png").stat().st_size > 5_000
     capsys.readouterr()
     assert experiment.main([str(path)]) == 0  # finished runs are not run again

@@ -96,6 +96,11 @@ def preflight(cfg: Config) -> None:
         resolve(cfg.policy.path)
     except (FileNotFoundError, ValueError) as error:
         raise SetupError(f"policy.path: {error}") from None
+    if cfg.policy.engine == "vllm":
+        gpu = cfg.cluster.rollout.num_gpus > 0 if cfg.cluster.mode == "ray" else cfg.policy.device.startswith("cuda")
+        if not gpu:
+            where = "cluster.rollout.num_gpus > 0" if cfg.cluster.mode == "ray" else "policy.device=cuda"
+            raise SetupError(f"policy.engine=vllm runs on GPUs only: set {where}, or use policy.engine=hf (CPU or GPU)")
     if cfg.cluster.mode == "local":
         for kind in ("rollout", "teacher"):
             if local_device(cfg, kind).startswith("cuda") and not torch.cuda.is_available():

@@ -44,6 +44,16 @@ def derived_seed(seed: int, role: str, index: int = 0) -> int:
     return int(np.random.SeedSequence([seed, sum(map(ord, role)), index]).generate_state(1)[0])
 
 
+def make_engine(cfg: Config, device: str, seed: int):
+    """The rollout engine ``policy.engine`` names: transformers (any device) or vLLM (GPU only)."""
+    p = cfg.policy
+    if p.engine == "vllm":
+        from actors.engines.vllm import VLLMEngine
+
+        return VLLMEngine(p.path, lora_settings(cfg), dtype=p.dtype, device=device, seed=seed)
+    return HFEngine(p.path, lora_settings(cfg), dtype=p.dtype, device=device, seed=seed)
+
+
 def _threads(cfg: Config, role: str) -> None:
     """Torch threads of a role's process: ``cluster.<role>.threads`` for a Ray actor, else ``policy.threads``
     (local mode: one process). DESIGN.md section 5: processes that share cores need one thread each, or they
@@ -64,10 +74,7 @@ class RolloutRole:
         _threads(cfg, "rollout")
         self.cfg, self.device = cfg, device
         slot = index + incarnation * cfg.train.num_workers
-        p = cfg.policy
-        self.engine = HFEngine(
-            p.path, lora_settings(cfg), dtype=p.dtype, device=device, seed=derived_seed(cfg.seed, "rollout", slot)
-        )
+        self.engine = make_engine(cfg, device, derived_seed(cfg.seed, "rollout", slot))
         self.worker = RolloutWorker(cfg.env, self.engine, rollout_settings(cfg), cfg.seed, worker_index=slot)
         self.evaluator = RolloutWorker(
             cfg.env, self.engine, rollout_settings(cfg, cfg.eval.num_envs), cfg.seed, eval_env_cfg=eval_env_config(cfg)

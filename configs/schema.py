@@ -65,6 +65,7 @@ class EnvConfig:
 @dataclass
 class PolicyConfig:
     path: str = "embedded:s"  # a local Qwen2.5-VL folder, or embedded:xs / embedded:s (built in code)
+    engine: str = "hf"  # rollout engine: hf (transformers, CPU or GPU) | vllm (GPU only, the vllm extra)
     dtype: str = "float32"  # float32 | bfloat16 | float16
     device: str = "cpu"  # cpu, cuda, cuda:1 ... (never hard-coded elsewhere)
     threads: int = 1  # torch intra-op threads per process (1 when processes share the cores)
@@ -77,6 +78,7 @@ class PolicyConfig:
 
     def __post_init__(self):
         _choice("policy.dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        _choice("policy.engine", self.engine, ("hf", "vllm"))
         _positive("policy", self, ("threads", "lora_rank", "lora_alpha", "max_new_tokens"))
         if not 0 <= self.lora_dropout < 1:
             raise ValueError(f"policy.lora_dropout must be in [0, 1), got {self.lora_dropout}")

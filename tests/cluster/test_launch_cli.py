@@ -30,3 +30,10 @@ def test_resume_takes_the_runs_own_config(capsys, tmp_path):
     assert code == 2 and "uses the run's own config.yaml" in err
     code, err = _exit(["--resume", str(tmp_path)], capsys)  # no config.yaml there
     assert code == 2 and "does not exist" in err
+
+
+def test_vllm_engine_without_a_gpu_is_refused_before_anything_starts(capsys, tmp_path):
+    assert launch.main(["policy.engine=vllm", "cluster.mode=local", f"run_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert "policy.engine=vllm runs on GPUs only" in err and "policy.engine=hf" in err
+    assert not any(tmp_path.iterdir())

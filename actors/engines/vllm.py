@@ -1,0 +1,487 @@
+"""The vLLM engine (GPU): batched multimodal sampling with log-probs, scoring, LoRA hot-loading.
+
+The same ``PolicyEngine`` Protocol as the transformers engine (hf.py); ``vllm`` is imported only when
+an engine is built, so this module imports on a CPU machine. Everything that does not need vLLM is a
+pure function below (request building, output conversion, the adapter directories, log-prob
+rescaling) and is tested on CPU; ``VLLMEngine`` only wires them to ``vllm.LLM``.
+
+Assumptions about vLLM, read in its source and docs (docs 0.20-0.22 and a newer main-branch snapshot;
+``pyproject`` pins 0.33), not run here; the gpu-marked tests check them:
+- Sampled-token log-probs come from the engine option ``logprobs_mode="processed_logprobs"``: after
+  the logit bias (our vision-token ban), the temperature and top-k. With ``top_k=0`` this is
+  ``log_softmax(logits / T)``, the HF engine's number. With ``top_k > 0`` vLLM renormalises over the
+  k kept tokens (the distribution actually sampled): higher than the HF engine's full-vocabulary
+  value by ``-log(mass of the top k)`` (about 0 at T = 0.2), so a first PPO ratio is that mass, not
+  exactly 1. Greedy requests (T = 0) get log-probs at temperature 1, as in the HF engine.
+- ``prompt_logprobs`` are raw (temperature 1) log-probs over the full vocabulary. ``score`` is exact
+  at T in {0, 1}; for 0 < T < 1 it rescales from the top-n prompt log-probs (``tempered_logprob``)
+  with a proven error bound and raises when the bound exceeds a tolerance; T > 1 is not supported.
+  Vision tokens are not masked out of the scoring normaliser (HF masks them): the difference is
+  ``log(1 - p(vision tokens))``, about 0 for a model that never writes them after text.
+- An adapter is read from a PEFT directory named by a ``LoRARequest``; vLLM caches adapters by
+  name and id, so every load gets a new name, a new id and a new directory (DESIGN.md section 4).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import tempfile
+import time
+import weakref
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from actors.engines.base import Generation, PromptInput, SamplingParams, finish
+from actors.prompts import PromptSpec
+from models.loading import resolve
+from models.lora import LANGUAGE_MODEL_TARGETS, LoraSettings
+from models.processing import VLProcessor
+
+DEFAULT_LORA = LoraSettings()
+VISION_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"  # Qwen2.5-VL, once per image
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+SUPPORTED_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm.config.lora.MaxLoRARanks
+BANNED_BIAS = -100.0  # vLLM clamps logit_bias to [-100, 100]; at T <= 1 that is p < e^-100 relative
+LOGPROBS_MODE = "processed_logprobs"
+
+_HELP = (
+    "Use the transformers engine instead (actors.engines.hf.HFEngine: set the policy engine to 'hf'), which runs "
+    "on CPU or GPU, or install vLLM on a CUDA machine with `pip install -e .[vllm]`."
+)
+
+
+class VLLMUnavailable(RuntimeError):
+    """vLLM cannot run here (not installed, or no CUDA device)."""
+
+
+def import_vllm(device: str = "cuda"):
+    """The ``vllm`` module, or a VLLMUnavailable that names every reason and the alternative."""
+    reasons = []
+    try:
+        import vllm
+    except ImportError:
+        vllm = None
+        reasons.append("the vllm package is not installed")
+    if not device.startswith("cuda"):
+        reasons.append(f"device {device!r} is not a CUDA device (vLLM runs on GPUs only)")
+    elif not torch.cuda.is_available():
+        reasons.append("no CUDA device is visible")
+    if reasons:
+        raise VLLMUnavailable(f"The vLLM engine cannot start: {'; '.join(reasons)}. {_HELP}")
+    return vllm
+
+
+# ----------------------------------------------------------------------------- adapter directories
+
+
+def adapter_config(settings: LoraSettings, base_model: str | None = None) -> dict[str, Any]:
+    """PEFT's adapter_config.json for our LoRA: the same regex targets as models.lora.add_lora, so
+    only language-model modules are adapted (the vision blocks share the MLP names)."""
+    return {
+        "peft_type": "LORA",
+        "task_type": None,
+        "base_model_name_or_path": base_model,
+        "r": settings.rank,
+        "lora_alpha": settings.alpha,
+        "lora_dropout": settings.dropout,
+        "target_modules": LANGUAGE_MODEL_TARGETS,
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "modules_to_save": None,
+        "use_rslora": False,
+        "use_dora": False,
+        "inference_mode": True,
+    }
+
+
+def check_adapter(adapter: Mapping[str, torch.Tensor], rank: int) -> None:
+    """Fail early, naming the key, on what vLLM would reject or silently ignore at its first request:
+    non-LoRA keys, modules outside the language model, factors of another rank."""
+    pattern = re.compile(LANGUAGE_MODEL_TARGETS)
+    for key, tensor in adapter.items():
+        match = re.fullmatch(r"base_model\.model\.(.+)\.lora_([AB])\.weight", key)
+        if match is None:
+            raise ValueError(f"adapter key {key!r} is not a PEFT LoRA weight (base_model.model.<module>.lora_A.weight)")
+        module, part = match.groups()
+        if not pattern.fullmatch(module):
+            raise ValueError(f"adapter key {key!r} is not a language-model module ({LANGUAGE_MODEL_TARGETS})")
+        got = tensor.shape[0] if part == "A" else tensor.shape[1]
+        if tensor.dim() != 2 or got != rank:
+            raise ValueError(f"adapter key {key!r} has shape {tuple(tensor.shape)}, not rank {rank}")
+
+
+def write_adapter(
+    adapter: Mapping[str, torch.Tensor], settings: LoraSettings, folder: Path, base_model: str | None = None
+) -> Path:
+    """Write ``adapter`` (models.lora.adapter_state keys: PEFT's) as a PEFT directory vLLM can load."""
+    check_adapter(adapter, settings.rank)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=False)
+    try:
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in adapter.items()}
+        save_file(tensors, str(folder / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+        (folder / ADAPTER_CONFIG).write_text(json.dumps(adapter_config(settings, base_model), indent=2))
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return folder
+
+
+@dataclass(frozen=True)
+class AdapterSlot:
+    """One loaded adapter version: what a LoRARequest names."""
+
+    version: int
+    name: str  # LoRARequest.lora_name: new for every load (a reused name can serve stale cached prefixes)
+    lora_id: int  # LoRARequest.lora_int_id (> 0): new for every load
+    path: Path
+
+
+class AdapterStore:
+    """Each load in a fresh directory under ``base``; the previous version's directory is removed."""
+
+    def __init__(self, base: Path, settings: LoraSettings, base_model: str | None = None):
+        self.base, self.settings, self.base_model = Path(base), settings, base_model
+        self.current: AdapterSlot | None = None
+        self._loads = 0
+
+    def add(self, adapter: Mapping[str, torch.Tensor], version: int) -> AdapterSlot | None:
+        """Write ``version``, make it current, delete the previous directory; returns the previous slot
+        (so the engine can drop it from vLLM's cache too)."""
+        load = self._loads + 1
+        slot = AdapterSlot(version, f"policy-v{version}-{load}", load, self.base / f"v{version}-{load}")
+        write_adapter(adapter, self.settings, slot.path, self.base_model)
+        self._loads = load
+        previous, self.current = self.current, slot
+        if previous is not None:
+            shutil.rmtree(previous.path, ignore_errors=True)
+        return previous
+
+
+def max_lora_rank(rank: int) -> int:
+    """The smallest rank vLLM accepts as ``max_lora_rank`` that holds ``rank``."""
+    for allowed in SUPPORTED_LORA_RANKS:
+        if rank <= allowed:
+            return allowed
+    raise ValueError(f"LoRA rank {rank} exceeds vLLM's largest max_lora_rank {SUPPORTED_LORA_RANKS[-1]}")
+
+
+# ----------------------------------------------------------------------------- requests
+
+
+def llm_kwargs(
+    folder: str, lora: LoraSettings | None, dtype: str, seed: int, score_top_n: int, **extra: Any
+) -> dict[str, Any]:
+    """Arguments of ``vllm.LLM``: one image per prompt, processed log-probs, LoRA slots for one adapter."""
+    kwargs: dict[str, Any] = {
+        "model": folder,
+        "tokenizer": folder,
+        "dtype": dtype,
+        "seed": seed,
+        "limit_mm_per_prompt": {"image": 1},
+        "logprobs_mode": LOGPROBS_MODE,
+        "max_logprobs": max(20, score_top_n),
+        "enable_lora": lora is not None,
+    }
+    if lora is not None:
+        kwargs |= {"max_lora_rank": max_lora_rank(lora.rank), "max_loras": 1}
+    return kwargs | extra
+
+
+def _image(image: np.ndarray) -> Image.Image:
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"images must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
+    return Image.fromarray(np.ascontiguousarray(image))
+
+
+def generation_request(processor: VLProcessor, prompt: PromptInput) -> dict[str, Any]:
+    """A vLLM text prompt: our chat template (the vision placeholder where the image goes) + the image."""
+    request: dict[str, Any] = {"prompt": processor.chat_text(prompt.text, prompt.tail, prompt.image is not None)}
+    if prompt.image is not None:
+        request["multi_modal_data"] = {"image": _image(prompt.image)}
+    return request
+
+
+def score_request(processor: VLProcessor, prompt: PromptInput, response: Sequence[int]) -> dict[str, Any]:
+    """A vLLM token prompt: the chat ids (one unexpanded image placeholder, which vLLM expands) then
+    the response ids, so the scored tokens are exactly the given ones (no re-tokenisation)."""
+    chat = processor.chat_text(prompt.text, prompt.tail, prompt.image is not None)
+    ids = processor.tokenizer(chat, add_special_tokens=False)["input_ids"]
+    request: dict[str, Any] = {"prompt_token_ids": list(ids) + [int(t) for t in response]}
+    if prompt.image is not None:
+        request["multi_modal_data"] = {"image": _image(prompt.image)}
+    return request
+
+
+def request_seeds(generator: torch.Generator, n: int, temperature: float) -> list[int | None]:
+    """Per-request seeds from the engine's own generator, so get/set_rng_state replay sampling.
+    Greedy calls draw nothing, so evaluations do not shift the training rollouts' stream."""
+    if temperature <= 0:
+        return [None] * n
+    return torch.randint(0, 2**31 - 1, (n,), generator=generator).tolist()
+
+
+def sampling_kwargs(
+    sampling: SamplingParams, seed: int | None, stop_token_ids: Sequence[int], banned_token_ids: Sequence[int]
+) -> dict[str, Any]:
+    """``vllm.SamplingParams`` of one generation request; ``logprobs=0`` returns the sampled token's."""
+    return {
+        "temperature": max(sampling.temperature, 0.0),
+        "top_k": sampling.top_k if sampling.top_k > 0 else -1,  # -1 = no truncation in every vLLM version
+        "max_tokens": sampling.max_new_tokens,
+        "logprobs": 0,
+        "seed": seed,
+        "stop_token_ids": [int(t) for t in stop_token_ids],
+        # Vision placeholders are never generated (models.processing.VLProcessor.banned_token_ids).
+        "logit_bias": {int(t): BANNED_BIAS for t in banned_token_ids} or None,
+        "detokenize": False,  # finish() decodes, with character spans for the masks
+    }
+
+
+def score_kwargs(top_n: int) -> dict[str, Any]:
+    """``vllm.SamplingParams`` of a scoring request: prompt log-probs, one throwaway generated token.
+    Temperature 1 and no top-k, so processed and raw log-probs agree whatever vLLM applies."""
+    return {"temperature": 1.0, "top_k": -1, "max_tokens": 1, "prompt_logprobs": top_n, "detokenize": False}
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def _logprob_of(step: Mapping[int, Any] | None, token: int, where: str) -> float:
+    if step is None or token not in step:
+        raise ValueError(f"vLLM returned no log-prob for token {token} at {where} (were logprobs requested?)")
+    return float(step[token].logprob)
+
+
+def to_generation(output: Any, tokenizer, spec: PromptSpec | None) -> Generation:
+    """One ``vllm.RequestOutput`` -> Generation: ``outputs[0].token_ids`` (T,) and ``outputs[0].logprobs``,
+    a list of T dicts {token id: Logprob}; text, spans and masks by ``finish`` exactly as in the HF engine."""
+    completion = output.outputs[0]
+    ids = [int(t) for t in completion.token_ids]
+    steps = completion.logprobs
+    if steps is None or len(steps) != len(ids):
+        raise ValueError(f"vLLM returned {0 if steps is None else len(steps)} log-prob entries for {len(ids)} tokens")
+    logprobs = [_logprob_of(step, t, f"position {i}") for i, (step, t) in enumerate(zip(steps, ids, strict=True))]
+    prompt_ids = [int(t) for t in (output.prompt_token_ids or [])]
+    return finish(Generation(prompt_ids, ids, logprobs, "", []), tokenizer, spec)
+
+
+def scoring_top_n(temperature: float, top_n: int) -> int:
+    """How many prompt log-probs a scoring request needs: 0 at T in {0, 1} (the raw value is exact),
+    else ``top_n`` for the rescaling; T > 1 is refused before any work is sent to vLLM."""
+    if temperature > 1:
+        raise NotImplementedError(
+            f"scoring at temperature {temperature} > 1 with vLLM: its prompt log-probs are at temperature 1 "
+            "and the rescaling bound needs T <= 1; score with the transformers engine (HFEngine)"
+        )
+    return 0 if temperature <= 0 or temperature == 1 else top_n
+
+
+def tempered_logprob(entry: Mapping[int, Any], token: int, temperature: float, top_n: int) -> tuple[float, float]:
+    """``log_softmax(logits / T)[token]`` from raw prompt log-probs: (value, bound on its error).
+
+    ``entry`` holds the top ``top_n`` raw log-probs ``l_j`` and the token's own. Shifting logits
+    changes nothing, so the tempered value is ``l_token / T - log(sum_j exp(l_j / T))``. The sum over
+    the returned tokens is a lower bound; each missing token has ``l_j <= m`` (the n-th largest
+    returned), and for T <= 1 ``exp(l_j / T) = exp(l_j) exp(l_j (1/T - 1)) <= exp(l_j) exp(m (1/T - 1))``,
+    so the missing part is at most ``(1 - returned raw mass) * exp(m (1/T - 1))``, and the error is at
+    most ``log1p(missing bound / returned sum)``. T in {0, 1} is the raw value, exactly.
+    """
+    raw = {int(t): float(lp.logprob) for t, lp in entry.items()}
+    value = _logprob_of(entry, token, "a scored position")
+    if scoring_top_n(temperature, top_n) == 0:
+        return value, 0.0
+    if top_n < 1:
+        raise ValueError("rescaling to a temperature needs the top-n prompt log-probs (top_n >= 1)")
+    inv = 1.0 / temperature
+    values = sorted(raw.values(), reverse=True)
+    top = max(values) * inv
+    log_sum = top + math.log(math.fsum(math.exp(v * inv - top) for v in values))
+    missing_mass = 1.0 - math.fsum(math.exp(v) for v in values)
+    if missing_mass <= 0:
+        return value * inv - log_sum, 0.0
+    threshold = values[min(top_n, len(values)) - 1]
+    log_missing = math.log(missing_mass) + threshold * (inv - 1.0)
+    return value * inv - log_sum, math.log1p(math.exp(log_missing - log_sum))
+
+
+def response_logprobs(
+    prompt_logprobs: Sequence[Mapping[int, Any] | None] | None, response: Sequence[int], temperature: float, top_n: int
+) -> tuple[list[float], list[float]]:
+    """The response's (R,) log-probs and error bounds from a scoring request's ``prompt_logprobs``
+    (one entry per prompt token, image tokens expanded, the first None): its last R entries."""
+    n = len(response)
+    if n == 0:
+        return [], []
+    if prompt_logprobs is None or len(prompt_logprobs) < n + 1:
+        got = 0 if prompt_logprobs is None else len(prompt_logprobs)
+        raise ValueError(f"vLLM returned {got} prompt log-prob entries for a prompt ending in {n} response tokens")
+    pairs = [
+        tempered_logprob(entry, int(token), temperature, top_n)
+        for entry, token in zip(prompt_logprobs[len(prompt_logprobs) - n :], response, strict=True)
+    ]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+# ----------------------------------------------------------------------------- the engine
+
+
+class VLLMEngine:
+    """A Qwen2.5-VL policy (base + LoRA) served by ``vllm.LLM`` on one GPU.
+
+    vLLM takes the first visible GPU: pick it with CUDA_VISIBLE_DEVICES (Ray sets it per actor), not
+    with ``device``. ``adapter_dir`` should be a fast local disk: each version is written there and
+    read back by vLLM at its first request. ``gpu_memory_utilization`` is vLLM's share of the GPU
+    (weights + KV cache); leave room for a learner or teacher on the same device.
+    """
+
+    def __init__(
+        self,
+        model_path: str,
+        lora: LoraSettings | None = DEFAULT_LORA,
+        dtype: str = "bfloat16",
+        device: str = "cuda",
+        seed: int = 0,
+        adapter_dir: str | None = None,
+        gpu_memory_utilization: float = 0.5,
+        max_model_len: int = 4096,
+        score_top_n: int = 20,
+        score_tolerance: float = 1e-3,
+        **engine_args: Any,
+    ):
+        vllm = import_vllm(device)
+        if device not in ("cuda", "cuda:0"):
+            raise ValueError(f"device {device!r}: vLLM uses the first visible GPU; select it with CUDA_VISIBLE_DEVICES")
+        from vllm.lora.request import LoRARequest
+
+        folder = str(resolve(model_path))
+        extra = {"gpu_memory_utilization": gpu_memory_utilization, "max_model_len": max_model_len} | engine_args
+        llm = vllm.LLM(**llm_kwargs(folder, lora, dtype, seed, score_top_n, **extra))
+        self._setup(llm, VLProcessor.from_pretrained(folder), lora, seed, adapter_dir, folder)
+        self._sampling_params, self._lora_request_cls = vllm.SamplingParams, LoRARequest
+        self.score_top_n, self.score_tolerance = score_top_n, score_tolerance
+
+    @classmethod
+    def from_llm(
+        cls,
+        llm,
+        processor: VLProcessor,
+        sampling_params_cls,
+        lora_request_cls,
+        lora: LoraSettings | None = DEFAULT_LORA,
+        seed: int = 0,
+        adapter_dir: str | None = None,
+        score_top_n: int = 20,
+        score_tolerance: float = 1e-3,
+    ) -> VLLMEngine:
+        """Serve an ``LLM`` built elsewhere (or a stand-in, in tests), with its SamplingParams and
+        LoRARequest classes."""
+        engine = cls.__new__(cls)
+        engine._setup(llm, processor, lora, seed, adapter_dir, None)
+        engine._sampling_params, engine._lora_request_cls = sampling_params_cls, lora_request_cls
+        engine.score_top_n, engine.score_tolerance = score_top_n, score_tolerance
+        return engine
+
+    def _setup(self, llm, processor, lora, seed: int, adapter_dir: str | None, base_model: str | None) -> None:
+        self.llm, self.processor, self.lora = llm, processor, lora
+        self.generator = torch.Generator().manual_seed(seed)
+        if adapter_dir is not None:
+            Path(adapter_dir).mkdir(parents=True, exist_ok=True)
+        # Our own folder under the base, so engines sharing a base never collide; removed on close.
+        folder = Path(tempfile.mkdtemp(prefix="vllm-adapters-", dir=adapter_dir))
+        self._cleanup = weakref.finalize(self, shutil.rmtree, folder, True)
+        self.adapters = AdapterStore(folder, lora, base_model) if lora is not None else None
+        self._lora = None  # the LoRARequest of the current version; None = base weights
+        self._version = 0
+        self.timing: dict[str, float] = {}  # seconds per phase of the last generate
+        self.score_error = 0.0  # largest error bound of the last score (0 at T in {0, 1})
+
+    def close(self) -> None:
+        """Remove the adapter directories (also done when the engine is garbage-collected)."""
+        self._cleanup()
+
+    # ------------------------------------------------------------------ protocol
+
+    @property
+    def adapter_version(self) -> int:
+        return self._version
+
+    def load_adapter(self, adapter: dict[str, Any], version: int) -> None:
+        """Serve adapter ``version`` from now on: a new PEFT directory, a new LoRARequest name and id."""
+        if self.adapters is None:
+            raise ValueError("this engine was built without LoRA (lora=None); it cannot load adapters")
+        previous = self.adapters.add(adapter, version)
+        slot = self.adapters.current
+        self._lora = self._lora_request_cls(lora_name=slot.name, lora_int_id=slot.lora_id, lora_path=str(slot.path))
+        self._version = version
+        if previous is not None:
+            remove = getattr(getattr(self.llm, "llm_engine", None), "remove_lora", None)
+            if callable(remove):
+                remove(previous.lora_id)
+
+    def adapter(self) -> dict[str, torch.Tensor]:
+        """The adapter being served, read back from its directory (empty before the first load)."""
+        if self.adapters is None or self.adapters.current is None:
+            return {}
+        return load_file(str(self.adapters.current.path / ADAPTER_WEIGHTS))
+
+    def get_rng_state(self) -> torch.Tensor:
+        return self.generator.get_state()
+
+    def set_rng_state(self, state: torch.Tensor) -> None:
+        self.generator.set_state(state)
+
+    def generate(
+        self, prompts: Sequence[PromptInput], sampling: SamplingParams, spec: PromptSpec | None = None
+    ) -> list[Generation]:
+        t0 = time.perf_counter()
+        proc = self.processor
+        requests = [generation_request(proc, p) for p in prompts]
+        params = [
+            self._sampling_params(**sampling_kwargs(sampling, seed, proc.stop_token_ids, proc.banned_token_ids))
+            for seed in request_seeds(self.generator, len(prompts), sampling.temperature)
+        ]
+        t1 = time.perf_counter()
+        outputs = self.llm.generate(requests, sampling_params=params, lora_request=self._lora, use_tqdm=False)
+        t2 = time.perf_counter()
+        gens = [to_generation(out, proc.tokenizer, spec) for out in outputs]
+        self.timing = {"encode": t1 - t0, "generate": t2 - t1, "parse": time.perf_counter() - t2}
+        return gens
+
+    def score(
+        self, prompts: Sequence[PromptInput], responses: Sequence[Sequence[int]], temperature: float
+    ) -> list[list[float]]:
+        """Per-token log-probs (R_i,) of given responses at ``temperature`` (module docstring: exact at
+        T in {0, 1}; rescaled with an error bound for 0 < T < 1, which must stay under score_tolerance)."""
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        top_n = scoring_top_n(temperature, self.score_top_n)
+        rows = [i for i, r in enumerate(responses) if len(r) > 0]
+        out: list[list[float]] = [[] for _ in responses]
+        self.score_error = 0.0
+        if not rows:
+            return out
+        requests = [score_request(self.processor, prompts[i], responses[i]) for i in rows]
+        params = self._sampling_params(**score_kwargs(top_n))
+        results = self.llm.generate(requests, sampling_params=params, lora_request=self._lora, use_tqdm=False)
+        for i, result in zip(rows, results, strict=True):
+            out[i], errors = response_logprobs(result.prompt_logprobs, responses[i], temperature, top_n)
+            self.score_error = max(self.score_error, *errors)
+        if self.score_error > self.score_tolerance:
+            raise ValueError(
+                f"vLLM scoring at temperature {temperature}: the top-{top_n} rescaling error bound is "
+                f"{self.score_error:.2e} > score_tolerance {self.score_tolerance:.0e}; raise score_top_n "
+                "or score with the transformers engine (HFEngine)"
+            )
+        return out

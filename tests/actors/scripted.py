@@ -30,3 +30,20 @@ class ScriptedEngine:
 
     def load_adapter(self, adapter, version):
         self.adapter_version = version
+
+
+def random_adapter(settings, seed: int) -> dict:
+    """A LoRA state dict for embedded:xs with every factor drawn from N(0, 0.3) (B too: a visible update)."""
+    import torch
+
+    from models.loading import load_vlm
+    from models.lora import adapter_state, add_lora
+
+    model, _ = load_vlm("embedded:xs")
+    policy = add_lora(model, settings)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, param in policy.named_parameters():
+            if "lora_" in name:
+                param.normal_(0, 0.3)
+    return adapter_state(policy)

@@ -11,7 +11,8 @@ from actors.prompts import prompt_text, spec_for
 from envs.points24 import Points24Env
 from models import scoring
 from models.loading import load_vlm
-from models.lora import LoraSettings, adapter_state, add_lora
+from models.lora import LoraSettings, add_lora
+from tests.actors.scripted import random_adapter
 
 LORA = LoraSettings(rank=4, alpha=8, dropout=0.0)
 SAMPLE = SamplingParams(temperature=1.0, top_k=0, max_new_tokens=24)
@@ -34,14 +35,7 @@ def _prompts(n: int, images: bool = True) -> list[PromptInput]:
 
 
 def _random_adapter(seed: int) -> dict[str, torch.Tensor]:
-    model, _ = load_vlm("embedded:xs")
-    policy = add_lora(model, LORA)
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for name, param in policy.named_parameters():
-            if "lora_" in name:
-                param.normal_(0, 0.3)
-    return adapter_state(policy)
+    return random_adapter(LORA, seed)
 
 
 def test_sampled_logprobs_equal_rescored_logprobs(engine):

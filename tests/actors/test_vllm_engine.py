@@ -18,6 +18,7 @@ from actors.prompts import prompt_text, spec_for
 from envs.points24 import Points24Env
 from models.loading import load_processor
 from models.lora import LANGUAGE_MODEL_TARGETS, LoraSettings
+from tests.actors.scripted import random_adapter
 
 LORA = LoraSettings(rank=2, alpha=4, dropout=0.0)
 Q = "base_model.model.model.language_model.layers.0.self_attn.q_proj"
@@ -429,17 +430,7 @@ def gpu_engine():
 
 
 def _random_adapter(seed: int) -> dict[str, torch.Tensor]:
-    from models.loading import load_vlm
-    from models.lora import adapter_state, add_lora
-
-    model, _ = load_vlm("embedded:xs")
-    policy = add_lora(model, GPU_LORA)
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for name, param in policy.named_parameters():
-            if "lora_" in name:
-                param.normal_(0, 0.3)
-    return adapter_state(policy)
+    return random_adapter(GPU_LORA, seed)
 
 
 @pytest.mark.gpu

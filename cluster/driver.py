@@ -76,7 +76,6 @@ class Trainer:
 
     def iteration(self, index: int) -> dict:
         phase = Phases(lambda name: self.hook(name, index, self))
-        skipped = 0.0
         with phase("sample"):
             sampled = self._on_rollouts("sample", lambda i: (self.cfg.train.rounds,))
         batches, refs = [b for b, _ in sampled], [r for _, r in sampled]
@@ -139,8 +138,14 @@ class Trainer:
         return out
 
     def _learner(self, method: str, *args) -> Any:
-        try:
+        with self._learner_failure(method):
             return self.system.learner.call(method, *args).result()
+
+    @contextmanager
+    def _learner_failure(self, method: str):
+        """Any learner failure stops the run, naming the last good checkpoint."""
+        try:
+            yield
         except Exception as error:
             raise RunStopped(self._stop_message(f"the learner failed in {method} ({error})")) from error
 
@@ -205,10 +210,8 @@ class Trainer:
 
     def _publish(self) -> None:
         version, adapter = self.system.learner.call2("publish")
-        try:
+        with self._learner_failure("publish"):
             self.published = Published(version.result(), adapter.ref)
-        except Exception as error:
-            raise RunStopped(self._stop_message(f"the learner failed in publish ({error})")) from error
         for handle in self.system.rollouts:
             handle.call("load_adapter", self.published.adapter, self.published.version)  # queued before the next sample
 
@@ -239,10 +242,8 @@ class Trainer:
         tmp = checkpoint.begin(self.run_dir, index)
         learner = self.system.learner.call("save", str(tmp / "learner.pt"))
         self._on_rollouts("save", lambda i: (str(tmp / f"rollout-{i}.pt"),))
-        try:
+        with self._learner_failure("save"):
             learner.result()
-        except Exception as error:
-            raise RunStopped(self._stop_message(f"the learner failed in save ({error})")) from error
         if self.system.teacher is not None:
             self._save_teacher(tmp)
         state = {

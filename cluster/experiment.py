@@ -112,7 +112,7 @@ def run_all(spec: ExperimentSpec, output: Path, only: set[str] | None, log=print
         while todo and len(running) < spec.parallel:
             job = todo.pop(0)
             if job.folder.exists():  # a run cut off before its end: start it again from scratch
-                _clear(job.folder)
+                shutil.rmtree(job.folder)
             job.folder.mkdir(parents=True, exist_ok=True)
             argv = [sys.executable, "-m", "cluster.launch", *job.argv]
             running.append((job, _start(argv, job.folder / "launch.log"), time.perf_counter()))
@@ -136,10 +136,6 @@ def _start(argv: list[str], log_path: Path) -> subprocess.Popen:
 def _run(argv: list[str], log_path: Path) -> None:
     if _start(argv, log_path).wait() != 0:
         raise RuntimeError(f"{' '.join(argv[:4])} failed; see {log_path}")
-
-
-def _clear(folder: Path) -> None:
-    shutil.rmtree(folder)
 
 
 # ---------------------------------------------------------------------- results

@@ -14,6 +14,7 @@ and one re-merge per iteration; SFT guidance costs a teacher generation per step
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import tempfile
 from pathlib import Path
@@ -38,48 +39,87 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=["none", "kl", "sft"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    overrides = [
+        f"policy.path={args.model}",
+        f"env.id={args.env}",
+        f"rollout.num_envs={args.envs}",
+        f"train.rounds={args.rounds}",
+        "learner.minibatch_size=32",
+        "learner.micro_batch_size=8",
+        "policy.max_new_tokens=48",
+    ]
+    rows = measure(overrides, args.modes, args.iterations)
+    print(
+        f"{args.env}, {args.model}, {args.envs} envs x {args.rounds} rounds = {args.envs * args.rounds} steps "
+        f"per iteration, {args.threads} threads, median of {args.iterations} iterations (seconds)"
+    )
+    print_table(rows)
+
+
+def measure(
+    overrides: list[str], modes: list[str], iterations: int, interleave: bool = True
+) -> dict[str, dict[str, float]]:
+    """Median seconds per phase (and ``total``) of ``iterations`` timed iterations per guidance mode.
+
+    Every mode is built from the same config and seed and runs one warm-up iteration first (first
+    merge, caches). ``interleave``: all modes live at once and take turns, so drift in a shared
+    machine hits them alike; otherwise one mode at a time, freed before the next (a GPU that holds
+    one mode's three models but not two modes' six).
+    """
     tmp = tempfile.TemporaryDirectory()
-    runs = {}
-    for mode in args.modes:
-        folder = Path(tmp.name) / mode
-        cfg = load_config(
-            None,
-            [
-                f"policy.path={args.model}",
-                f"env.id={args.env}",
-                f"rollout.num_envs={args.envs}",
-                f"train.rounds={args.rounds}",
-                "train.iterations=1000",  # never the last: no evaluation or checkpoint inside the timed ones
-                "train.eval_every=0",
-                "train.checkpoint_every=0",
-                "cluster.mode=local",
-                "learner.minibatch_size=32",
-                "learner.micro_batch_size=8",
-                "policy.max_new_tokens=48",
-                f"teacher.guidance={mode}",
-                f"run_dir={folder}",
-            ],
-        )
-        system = System(cfg, LocalSpawner(), default_buffer_dir(cfg, folder))
-        runs[mode] = Trainer(cfg, folder, system, log=lambda *_: None)
-        runs[mode].iteration(1)  # warm-up: first merge, caches
-    records: dict[str, list[dict]] = {mode: [] for mode in args.modes}
-    for i in range(2, args.iterations + 2):  # modes interleaved, so machine drift hits them alike
-        for mode, trainer in runs.items():
-            records[mode].append(trainer.iteration(i))
+    records: dict[str, list[dict]] = {mode: [] for mode in modes}
+    if interleave:
+        runs = {mode: _trainer(overrides, mode, Path(tmp.name)) for mode in modes}
+        for i in range(2, iterations + 2):
+            for mode, trainer in runs.items():
+                records[mode].append(trainer.iteration(i))
+    else:
+        for mode in modes:
+            trainer = _trainer(overrides, mode, Path(tmp.name))
+            records[mode] = [trainer.iteration(i) for i in range(2, iterations + 2)]
+            del trainer
+            _free_device_memory()
     tmp.cleanup()
     rows = {}
     for mode, recs in records.items():
         rows[mode] = {p: statistics.median(r.get(f"time/{p}", 0.0) for r in recs) for p in PHASES}
         rows[mode]["total"] = statistics.median(sum(r.get(f"time/{p}", 0.0) for p in PHASES) for r in recs)
+    return rows
+
+
+def print_table(rows: dict[str, dict[str, float]]) -> None:
     base = rows.get("none", next(iter(rows.values())))["total"]
-    print(
-        f"{args.env}, {args.model}, {args.envs} envs x {args.rounds} rounds = {args.envs * args.rounds} steps "
-        f"per iteration, {args.threads} threads, median of {args.iterations} iterations (seconds)"
-    )
-    print(f"{'guidance':<9}" + "".join(f"{p:>9}" for p in (*PHASES, "total")) + f"{'vs none':>9}")
+    print("| guidance | " + " | ".join(PHASES) + " | total | vs none |")
+    print("|---" * (len(PHASES) + 3) + "|")
     for mode, r in rows.items():
-        print(f"{mode:<9}" + "".join(f"{r[p]:>9.2f}" for p in (*PHASES, "total")) + f"{r['total'] / base:>8.2f}x")
+        cells = " | ".join(f"{r[p]:.2f}" for p in (*PHASES, "total"))
+        print(f"| {mode} | {cells} | {r['total'] / base:.2f}x |")
+
+
+def _trainer(overrides: list[str], mode: str, tmp: Path) -> Trainer:
+    folder = tmp / mode
+    cfg = load_config(
+        None,
+        [
+            *overrides,
+            "train.iterations=1000",  # never the last: no evaluation or checkpoint inside the timed ones
+            "train.eval_every=0",
+            "train.checkpoint_every=0",
+            "cluster.mode=local",
+            f"teacher.guidance={mode}",
+            f"run_dir={folder}",
+        ],
+    )
+    system = System(cfg, LocalSpawner(), default_buffer_dir(cfg, folder))
+    trainer = Trainer(cfg, folder, system, log=lambda *_: None)
+    trainer.iteration(1)  # warm-up: first merge, caches
+    return trainer
+
+
+def _free_device_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ def main() -> None:
     trials: dict[int, list[tuple[int, float, dict[str, float]]]] = {k: [] for k in args.ks}
     for _ in range(args.trials):
         for k, worker in workers.items():
-            trials[k].append(_measure(worker, args.steps))
+            trials[k].append(measure(worker, args.steps)[:3])
     rows = []
     for k in args.ks:
         steps, seconds, phases = sorted(trials[k], key=lambda t: t[0] / t[1])[len(trials[k]) // 2]
@@ -65,17 +65,19 @@ def main() -> None:
         print(f"{k:>3} {steps:>9} {seconds:>8.2f} {sps:>8.1f} {sps / base:>6.1f}x {gen:>10.0f} {env:>6.0f}")
 
 
-def _measure(worker: RolloutWorker, min_steps: int) -> tuple[int, float, dict[str, float]]:
-    steps, seconds, phases, rounds = 0, 0.0, {"generate": 0.0, "env": 0.0}, 0
-    while steps < min_steps or rounds < 3:
+def measure(worker: RolloutWorker, min_steps: int, min_rounds: int = 3) -> tuple[int, float, dict[str, float], float]:
+    """Env steps, seconds, seconds per phase and mean response tokens of rounds until both minimums."""
+    steps, seconds, phases, rounds, tokens = 0, 0.0, {"generate": 0.0, "env": 0.0}, 0, 0
+    while steps < min_steps or rounds < min_rounds:
         start = time.perf_counter()
         batch = worker.sample(1)
         seconds += time.perf_counter() - start
         steps += batch.env_steps
         rounds += 1
+        tokens += sum(len(t.response_ids) for t in batch.transitions)
         for phase, value in batch.seconds.items():
-            phases[phase] += value
-    return steps, seconds, phases
+            phases[phase] = phases.get(phase, 0.0) + value
+    return steps, seconds, phases, tokens / steps
 
 
 if __name__ == "__main__":

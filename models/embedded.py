@@ -9,6 +9,12 @@ Sizes (parameters counted with their vocabulary):
 - ``xs``: text 64 hidden, 2 layers; vision 32 hidden, 1 block; vocab 512 -> about 0.2 M.
 - ``s``: text 256 hidden, 2 layers; vision 128 hidden, 2 blocks; vocab 1024 -> about 3.4 M. The size
   ``../shared/notes/learnability.md`` found best on this CPU.
+- ``qwen2.5-vl-3b`` / ``qwen2.5-vl-7b``: the published Qwen2.5-VL-3B/7B-Instruct architectures (3.75 B
+  and 8.29 B parameters, their embedding rows, vision tower with window attention and image processor
+  limits) with random weights, for timing on a GPU without a model hub. They use the ``s`` tokenizer
+  (1024 tokens): sampling and scoring only ever see its ids (``VLProcessor.vocab_size``), and a prompt's
+  text takes more tokens than Qwen's 151 k-token BPE would give it. Built in bfloat16, on the GPU when
+  there is one.
 """
 
 from __future__ import annotations
@@ -58,7 +64,50 @@ SIZES = {
         "vocab_size": 1024,
     },
 }
-# 300x300 env frames become 224x224: 16x16 patches of 14 px, merged 2x2 -> 64 image tokens.
+# Qwen2.5-VL's published shapes (config.json of the -Instruct checkpoints). Vision towers are the same.
+_QWEN_VISION = {
+    "hidden_size": 1280,
+    "intermediate_size": 3420,
+    "depth": 32,
+    "num_heads": 16,
+    "fullatt_block_indexes": [7, 15, 23, 31],
+    "window_size": 112,
+}
+SIZES |= {
+    "qwen2.5-vl-3b": {
+        "text": {
+            "hidden_size": 2048,
+            "intermediate_size": 11008,
+            "num_hidden_layers": 36,
+            "num_attention_heads": 16,
+            "num_key_value_heads": 2,
+            "mrope_section": [16, 24, 24],
+        },
+        "vision": _QWEN_VISION,
+        "vocab_size": 1024,  # the tokenizer's: the ``s`` tokenizer
+        "model_vocab_size": 151936,
+        "tie_word_embeddings": True,
+        "max_pixels": 12845056,
+        "dtype": "bfloat16",
+    },
+    "qwen2.5-vl-7b": {
+        "text": {
+            "hidden_size": 3584,
+            "intermediate_size": 18944,
+            "num_hidden_layers": 28,
+            "num_attention_heads": 28,
+            "num_key_value_heads": 4,
+            "mrope_section": [16, 24, 24],
+        },
+        "vision": _QWEN_VISION,
+        "vocab_size": 1024,
+        "model_vocab_size": 152064,
+        "tie_word_embeddings": False,
+        "max_pixels": 12845056,
+        "dtype": "bfloat16",
+    },
+}
+# 300x300 env frames become 196x196 for the tiny models (the ``max_pixels`` of the real ones: 308x308).
 IMAGE_PIXELS = 224 * 224
 PREFIX = "embedded:"
 
@@ -105,9 +154,26 @@ def build(size: str, seed: int = 0) -> tuple[Qwen2_5_VLForConditionalGeneration,
     spec = SIZES[size]
     tokenizer = train_tokenizer(corpus(), spec["vocab_size"])
     image_processor = Qwen2VLImageProcessorPil(
-        patch_size=14, temporal_patch_size=2, merge_size=2, min_pixels=56 * 56, max_pixels=IMAGE_PIXELS
+        patch_size=14,
+        temporal_patch_size=2,
+        merge_size=2,
+        min_pixels=56 * 56,
+        max_pixels=spec.get("max_pixels", IMAGE_PIXELS),
     )
     processor = VLProcessor(tokenizer, image_processor)
+    config = model_config(size, tokenizer)
+    dtype = getattr(torch, spec.get("dtype", "float32"))
+    device = "cuda" if dtype != torch.float32 and torch.cuda.is_available() else "cpu"
+    with torch.random.fork_rng(devices=[]), _default_dtype(dtype), torch.device(device):
+        torch.manual_seed(seed)
+        model = Qwen2_5_VLForConditionalGeneration(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model.eval(), processor
+
+
+def model_config(size: str, tokenizer) -> Qwen2_5_VLConfig:
+    spec = SIZES[size]
     text, vision = spec["text"], spec["vision"]
     ids = {
         name: tokenizer.convert_tokens_to_ids(tok)
@@ -118,15 +184,16 @@ def build(size: str, seed: int = 0) -> tuple[Qwen2_5_VLForConditionalGeneration,
             ("vision_end_token_id", "<|vision_end|>"),
         )
     }
-    config = Qwen2_5_VLConfig(
+    return Qwen2_5_VLConfig(
         text_config={
-            "vocab_size": len(tokenizer),
+            "vocab_size": spec.get("model_vocab_size", len(tokenizer)),
             "hidden_size": text["hidden_size"],
             "intermediate_size": text["intermediate_size"],
             "num_hidden_layers": text["num_hidden_layers"],
             "num_attention_heads": text["num_attention_heads"],
             "num_key_value_heads": text["num_key_value_heads"],
             "max_position_embeddings": 4096,
+            "rms_norm_eps": 1e-6,
             "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": text["mrope_section"]},
             "bos_token_id": tokenizer.pad_token_id,
             "eos_token_id": tokenizer.eos_token_id,
@@ -138,20 +205,27 @@ def build(size: str, seed: int = 0) -> tuple[Qwen2_5_VLForConditionalGeneration,
             "intermediate_size": vision["intermediate_size"],
             "num_heads": vision["num_heads"],
             "out_hidden_size": text["hidden_size"],
-            "fullatt_block_indexes": [vision["depth"] - 1],
+            "fullatt_block_indexes": vision.get("fullatt_block_indexes", [vision["depth"] - 1]),
+            "window_size": vision.get("window_size", 112),
             "patch_size": 14,
             "spatial_merge_size": 2,
             "temporal_patch_size": 2,
         },
-        tie_word_embeddings=True,
+        tie_word_embeddings=spec.get("tie_word_embeddings", True),
         **ids,
     )
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = Qwen2_5_VLForConditionalGeneration(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    return model.eval(), processor
+
+
+class _default_dtype:
+    def __init__(self, dtype: torch.dtype):
+        self.dtype = dtype
+
+    def __enter__(self):
+        self.saved = torch.get_default_dtype()
+        torch.set_default_dtype(self.dtype)
+
+    def __exit__(self, *exc):
+        torch.set_default_dtype(self.saved)
 
 
 def corpus(episodes: int = 60) -> Iterator[str]:

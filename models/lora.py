@@ -7,6 +7,7 @@ the very same function, so the vision tower is never adapted (DESIGN.md section 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -57,6 +58,11 @@ def load_adapter_state(model: PeftModel, state: dict[str, torch.Tensor]) -> None
         raise ValueError(f"adapter keys not used by the model: {result.unexpected_keys[:3]}")
 
 
+def adapter_modules(adapter_keys: Iterable[str]) -> list[str]:
+    """Module paths (plain-model names) of an adapter's LoRA factors, sorted."""
+    return sorted({k.split(".lora_A.")[0].removeprefix("base_model.model.") for k in adapter_keys if ".lora_A." in k})
+
+
 def lora_deltas(state: dict[str, torch.Tensor], scaling: float) -> dict[str, torch.Tensor]:
     """The full weight update of each LoRA'd module, ``dW = scaling * B @ A``, keyed by module path.
 
@@ -64,6 +70,14 @@ def lora_deltas(state: dict[str, torch.Tensor], scaling: float) -> dict[str, tor
     ``model.language_model.layers.0.self_attn.q_proj``. This, never the A and B factors one by one,
     is what the engines add to base weights and what the teacher's TIES merge works on.
     """
+    return dict(iter_lora_deltas(state, scaling))
+
+
+def iter_lora_deltas(
+    state: dict[str, torch.Tensor], scaling: float, device: torch.device | str = "cpu"
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """``lora_deltas`` one module at a time, computed on ``device``: at Qwen2.5-VL-3B size all the
+    updates together are 11 GB of fp32, one module's at most 90 MB."""
     factors: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in state.items():
         for part in ("lora_A", "lora_B"):
@@ -71,12 +85,11 @@ def lora_deltas(state: dict[str, torch.Tensor], scaling: float) -> dict[str, tor
             if marker in key:
                 module = key.split(marker)[0].removeprefix("base_model.model.")
                 factors.setdefault(module, {})[part] = tensor
-    deltas = {}
     for module, pair in factors.items():
         if set(pair) != {"lora_A", "lora_B"}:
             raise ValueError(f"adapter has only {sorted(pair)} for {module}")
-        deltas[module] = scaling * (pair["lora_B"].float() @ pair["lora_A"].float())
-    return deltas
+        a, b = (pair[p].to(device, torch.float32) for p in ("lora_A", "lora_B"))
+        yield module, scaling * (b @ a)
 
 
 class MergedWeights:
@@ -91,14 +104,30 @@ class MergedWeights:
         self.model = model
         self.base = {name: model.get_submodule(name).weight.detach().clone() for name in modules}
 
-    @torch.no_grad()
-    def apply(self, deltas: dict[str, torch.Tensor]) -> None:
-        """Set every adapted module to ``W0 + dW`` (``W0`` where ``deltas`` has no entry)."""
-        unknown = set(deltas) - set(self.base)
+    def check(self, modules: Iterable[str]) -> None:
+        """Raise, naming one, when some of ``modules`` are not modules this model adapts."""
+        unknown = set(modules) - set(self.base)
         if unknown:
             raise ValueError(f"adapter targets modules this model does not adapt: {sorted(unknown)[:3]}")
-        for name in self.base:
-            self.apply_module(name, deltas.get(name))
+
+    @torch.no_grad()
+    def apply(self, deltas: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Set every adapted module to ``W0 + dW`` (``W0`` where ``deltas`` has no entry).
+
+        ``deltas`` is a dict, checked before anything changes, or (module, dW) pairs consumed one at a
+        time (``iter_lora_deltas``: a large model's updates never all exist at once), which the caller
+        checks first with ``check``.
+        """
+        if isinstance(deltas, Mapping):
+            self.check(deltas)
+            deltas = deltas.items()
+        seen = set()
+        for name, delta in deltas:
+            self.check([name])
+            self.apply_module(name, delta)
+            seen.add(name)
+        for name in self.base.keys() - seen:
+            self.apply_module(name, None)
 
     @torch.no_grad()
     def apply_module(self, name: str, delta: torch.Tensor | None) -> None:

@@ -48,6 +48,9 @@ class VLProcessor:
         vision = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
         ids = [tokenizer.convert_tokens_to_ids(t) for t in vision]
         self.banned_token_ids = sorted({i for i in ids if i is not None and i != tokenizer.unk_token_id})
+        # The ids the tokenizer knows. Models often have more embedding rows than that (padding, or a
+        # random-weight stand-in with a smaller tokenizer): those rows are never sampled or scored.
+        self.vocab_size = len(tokenizer)
 
     def chat_text(self, text: str, tail: str, with_image: bool) -> str:
         """The chat-templated prompt: ``text``, the image placeholder (when there is an image), ``tail``."""

@@ -45,11 +45,16 @@ def lm_head(model):
     return inner.lm_head
 
 
-def tempered_log_probs(logits: torch.Tensor, temperature: float, banned: Sequence[int]) -> torch.Tensor:
+def tempered_log_probs(
+    logits: torch.Tensor, temperature: float, banned: Sequence[int], vocab_size: int | None = None
+) -> torch.Tensor:
     """``log_softmax(logits / temperature)`` over the tokens a response may contain (fp32).
 
-    Temperature 0 (greedy) scores at temperature 1. ``banned`` (vision placeholders) get -inf.
+    Temperature 0 (greedy) scores at temperature 1. ``banned`` (vision placeholders) get -inf; only
+    the first ``vocab_size`` ids (the tokenizer's) are kept, so padded embedding rows are never sampled.
     """
+    if vocab_size is not None and vocab_size < logits.shape[-1]:
+        logits = logits[..., :vocab_size]
     logits = logits.float() / (temperature if temperature > 0 else 1.0)
     if banned:
         logits = logits.index_fill(-1, torch.tensor(banned, device=logits.device), float("-inf"))
@@ -98,7 +103,10 @@ def score(
     rows = torch.arange(n, device=device).unsqueeze(1).expand(n, width)
     cols = (prompt_lens.unsqueeze(1) - 1 + steps.unsqueeze(0)).clamp(max=hidden.shape[1] - 1)
     log_probs = tempered_log_probs(
-        lm_head(model)(hidden[rows[mask], cols[mask]]), temperature, processor.banned_token_ids
+        lm_head(model)(hidden[rows[mask], cols[mask]]),
+        temperature,
+        processor.banned_token_ids,
+        processor.vocab_size,
     )
     targets = batch["input_ids"][rows[mask], cols[mask] + 1]
     token_lp = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from models.lora import lora_deltas
+from models.lora import iter_lora_deltas
 from teacher.ties import trim_threshold
 
 # Large merges run in blocks of about this many entries (1 MB of fp32 per buffer), so the per-entry
@@ -22,25 +22,17 @@ from teacher.ties import trim_threshold
 CHUNK_ELEMENTS = 1 << 18
 
 
-def lora_modules(adapter_keys: Sequence[str]) -> list[str]:
-    """Module paths (plain-model names) of an adapter's LoRA factors, sorted."""
-    return sorted({k.split(".lora_A.")[0].removeprefix("base_model.model.") for k in adapter_keys if ".lora_A." in k})
-
-
-def factor_pair(factors: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def factor_pair(factors: dict[str, torch.Tensor], device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
     a = next(v for k, v in factors.items() if ".lora_A." in k)
     b = next(v for k, v in factors.items() if ".lora_B." in k)
-    return a.float(), b.float()
+    return a.to(device, torch.float32), b.to(device, torch.float32)
 
 
-def trim_thresholds(adapter: dict[str, torch.Tensor], scaling: float, density: float) -> dict[str, float]:
-    """Each module's TIES trim threshold for one checkpoint (its full dW, one module at a time)."""
-    out = {}
-    for module in lora_modules(list(adapter)):
-        prefix = f"base_model.model.{module}."
-        factors = {k: v for k, v in adapter.items() if k.startswith(prefix)}
-        out[module] = trim_threshold(lora_deltas(factors, scaling)[module], density)
-    return out
+def trim_thresholds(
+    adapter: dict[str, torch.Tensor], scaling: float, density: float, device: torch.device | str = "cpu"
+) -> dict[str, float]:
+    """Each module's TIES trim threshold for one checkpoint (its full dW, one module at a time, on ``device``)."""
+    return {module: trim_threshold(delta, density) for module, delta in iter_lora_deltas(adapter, scaling, device)}
 
 
 def merge_module(
@@ -51,7 +43,8 @@ def merge_module(
     thresholds: Sequence[float] | None,
     chunk_elements: int = CHUNK_ELEMENTS,
 ) -> torch.Tensor:
-    """The merged update (out, in) of one module from k (A (r, in), B (out, r)) factor pairs.
+    """The merged update (out, in) of one module from k (A (r, in), B (out, r)) factor pairs, on
+    the factors' device.
 
     Streams over checkpoints, one cache-sized block of rows at a time. TIES needs no stack of the k
     trimmed updates: with P = sum_i w_i relu(t_i), N = sum_i w_i relu(-t_i) and the weight sums
@@ -61,13 +54,17 @@ def merge_module(
     if method not in ("ties", "linear"):
         raise ValueError(f"unknown merge method {method!r}; choose ties or linear")
     out_features, in_features = pairs[0][1].shape[0], pairs[0][0].shape[1]
+    device = pairs[0][0].device
+    on_cpu = device.type == "cpu"
+    if not on_cpu:  # a GPU streams memory, not cache: one block per module, a few of its size in all
+        chunk_elements = max(chunk_elements, out_features * in_features)
     rows_per_chunk = max(1, chunk_elements // in_features)
     w = [float(x) for x in weights]
     total = len(pairs) * out_features * in_features
     if method == "ties" and total < COMPILE_MIN_ELEMENTS:
         return _ties_dense(pairs, w, scaling, thresholds)  # small: a few vectorised ops beat a loop
-    accumulate = _accumulator(total) if method == "ties" else None
-    merged = torch.empty(out_features, in_features)
+    accumulate = (_accumulator(total) if on_cpu else _accumulate) if method == "ties" else None
+    merged = torch.empty(out_features, in_features, device=device)
     for start in range(0, out_features, rows_per_chunk):
         rows = slice(start, min(start + rows_per_chunk, out_features))
         if method == "linear":
@@ -83,8 +80,9 @@ def _ties_block(
     pairs, w: list[float], scaling: float, thresholds: Sequence[float], rows: slice, accumulate
 ) -> torch.Tensor:
     shape = (pairs[0][1][rows].shape[0], pairs[0][0].shape[1])
-    sums = [torch.zeros(shape) for _ in range(4)]  # positive sum, negative sum, their weights
-    update = torch.empty(shape)
+    device = pairs[0][0].device
+    sums = [torch.zeros(shape, device=device) for _ in range(4)]  # positive sum, negative sum, their weights
+    update = torch.empty(shape, device=device)
     for (a, b), wi, threshold in zip(pairs, w, thresholds, strict=True):
         torch.matmul(b[rows], a, out=update)
         accumulate(update, threshold / scaling, wi, *sums)  # compare |B @ A| with threshold / scaling
@@ -100,7 +98,9 @@ def _ties_dense(pairs, w: list[float], scaling: float, thresholds: Sequence[floa
     """The same sums over the whole (k, out, in) stack at once, for small modules."""
     stack = torch.stack([b @ a for a, b in pairs]).mul_(scaling)
     k = len(pairs)
-    kept = (stack.abs() >= torch.tensor(thresholds).view(k, 1, 1)).to(stack.dtype) * torch.tensor(w).view(k, 1, 1)
+    column = {"device": stack.device, "dtype": stack.dtype}
+    kept = (stack.abs() >= torch.tensor(thresholds, **column).view(k, 1, 1)).to(stack.dtype)
+    kept = kept * torch.tensor(w, **column).view(k, 1, 1)
     positive = (stack > 0).to(stack.dtype) * kept
     negative = kept - positive
     magnitude = stack.abs_()
@@ -155,10 +155,12 @@ def merge_stream(
     scaling: float,
     method: str,
     thresholds: Sequence[dict[str, float]] | None,
+    device: torch.device | str = "cpu",
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """(module, merged dW) for every module, reading each checkpoint's factors from open handles."""
+    """(module, merged dW) for every module, reading each checkpoint's factors from open handles and
+    merging on ``device`` (the teacher's: on a GPU a 3B merge is seconds, on CPU minutes)."""
     for module in modules:
         prefix = f"base_model.model.{module}."
-        pairs = [factor_pair({k: h.get_tensor(k) for k in h.keys() if k.startswith(prefix)}) for h in handles]
+        pairs = [factor_pair({k: h.get_tensor(k) for k in h.keys() if k.startswith(prefix)}, device) for h in handles]
         module_thresholds = [t[module] for t in thresholds] if thresholds is not None else None
         yield module, merge_module(pairs, weights, scaling, method, module_thresholds)

@@ -24,9 +24,9 @@ from actors.engines.base import Generation, PromptInput, SamplingParams
 from actors.engines.hf import HFEngine
 from actors.prompts import PromptSpec
 from configs.schema import TeacherConfig
-from models.lora import LoraSettings
+from models.lora import LoraSettings, adapter_modules
 from teacher.buffer import CheckpointBuffer
-from teacher.merge import lora_modules, merge_stream, trim_thresholds
+from teacher.merge import merge_stream, trim_thresholds
 from teacher.ties import WEIGHTINGS
 
 
@@ -53,7 +53,9 @@ class Teacher:
     def add_checkpoint(self, adapter: dict[str, torch.Tensor], version: int) -> None:
         if self.cfg.reference == "initial":
             return  # the static teacher never changes
-        thresholds = trim_thresholds(adapter, self.lora.scaling, self.cfg.density) if self.cfg.merge == "ties" else None
+        thresholds = None
+        if self.cfg.merge == "ties":
+            thresholds = trim_thresholds(adapter, self.lora.scaling, self.cfg.density, self.engine.device)
         self.buffer.add(version, adapter, thresholds)
         self._pending += 1
         if self._pending >= self.cfg.merge_interval:
@@ -68,13 +70,15 @@ class Teacher:
         if thresholds is not None and any(t is None for t in thresholds):
             # Checkpoints written by a linear-merge run: compute what TIES needs once.
             thresholds = [
-                t or trim_thresholds(self.buffer.load(v), self.lora.scaling, self.cfg.density)
+                t or trim_thresholds(self.buffer.load(v), self.lora.scaling, self.cfg.density, self.engine.device)
                 for t, v in zip(thresholds, versions, strict=True)
             ]
         with ExitStack() as stack:
             handles = self.buffer.open_all(versions, stack)
-            modules = lora_modules(list(handles[0].keys()))
-            stream = merge_stream(handles, modules, weights, self.lora.scaling, self.cfg.merge, thresholds)
+            modules = adapter_modules(handles[0].keys())
+            stream = merge_stream(
+                handles, modules, weights, self.lora.scaling, self.cfg.merge, thresholds, self.engine.device
+            )
             self.engine.set_module_deltas(stream, version=versions[-1])
         self.merged_version = versions[-1]
         self._pending = 0

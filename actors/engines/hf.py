@@ -22,7 +22,7 @@ from actors.engines.base import Generation, PromptInput, SamplingParams, finish
 from actors.prompts import PromptSpec
 from models import scoring
 from models.loading import load_vlm
-from models.lora import LoraSettings, MergedWeights, lora_deltas, lora_target_modules
+from models.lora import LoraSettings, MergedWeights, adapter_modules, iter_lora_deltas, lora_target_modules
 from models.processing import EncodedPrompt
 
 DEFAULT_LORA = LoraSettings()
@@ -73,7 +73,8 @@ class HFEngine:
         """Serve adapter ``version`` from now on (a LoRA state dict as models.lora.adapter_state gives)."""
         if self.merged is None:
             raise ValueError("this engine was built without LoRA (lora=None); it cannot load adapters")
-        self.merged.apply(lora_deltas(adapter, self.lora.scaling))
+        self.merged.check(adapter_modules(adapter))
+        self.merged.apply(iter_lora_deltas(adapter, self.lora.scaling, self.device))
         self._adapter = dict(adapter)
         self._version = version
         self._loads += 1
@@ -217,7 +218,8 @@ class HFEngine:
 
     def _pick(self, logits: torch.Tensor, sampling: SamplingParams) -> tuple[torch.Tensor, torch.Tensor]:
         """Sampled (or greedy) next tokens (B,) and their log-probs at the sampling temperature."""
-        log_probs = scoring.tempered_log_probs(logits, sampling.temperature, self.processor.banned_token_ids)
+        proc = self.processor
+        log_probs = scoring.tempered_log_probs(logits, sampling.temperature, proc.banned_token_ids, proc.vocab_size)
         if sampling.temperature <= 0:
             token = log_probs.argmax(dim=-1)
         else:

@@ -18,6 +18,11 @@ Assumptions about vLLM, read in its source and docs (docs 0.20-0.22 and a newer 
   with a proven error bound and raises when the bound exceeds a tolerance; T > 1 is not supported.
   Vision tokens are not masked out of the scoring normaliser (HF masks them): the difference is
   ``log(1 - p(vision tokens))``, about 0 for a model that never writes them after text.
+- Padded embedding rows (ids at or above the tokenizer's length: 271 of them in a real Qwen2.5-VL
+  checkpoint) are not banned here, while the HF engine and the learner drop them from the
+  distribution (``VLProcessor.vocab_size``); a trained model gives them about zero probability. The
+  random-weight stand-ins (``embedded:qwen2.5-vl-3b/7b``, a 1024-token tokenizer) would sample them:
+  time those with the HF engine.
 - An adapter is read from a PEFT directory named by a ``LoRARequest``; vLLM caches adapters by
   name and id, so every load gets a new name, a new id and a new directory (DESIGN.md section 4).
 """

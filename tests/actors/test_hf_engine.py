@@ -128,3 +128,29 @@ def test_bad_adapter_is_a_clear_error(engine):
 def test_scoring_rejects_vision_tokens_in_responses(engine):
     with pytest.raises(ValueError, match="vision placeholder"):
         engine.score(_prompts(1), [[engine.processor.image_token_id]], 1.0)
+
+
+def test_an_adapter_for_other_modules_changes_nothing(engine):
+    engine.load_adapter(_random_adapter(3), 3)
+    prompts, responses = _prompts(2), [[100, 101, 102], [103, 104]]
+    before = engine.score(prompts, responses, 1.0)
+    foreign = {k.replace("q_proj", "x_proj"): v for k, v in _random_adapter(4).items()}
+    with pytest.raises(ValueError, match="does not adapt"):
+        engine.load_adapter(foreign, 4)
+    assert engine.adapter_version == 3 and engine.score(prompts, responses, 1.0) == before
+
+
+def test_padded_embedding_rows_are_never_sampled_or_scored():
+    """Real checkpoints (and the random 3B/7B stand-ins) have more embedding rows than tokenizer ids."""
+    model, processor = load_vlm("embedded:xs")
+    extra = 64
+    model.resize_token_embeddings(processor.vocab_size + extra, mean_resizing=False)
+    with torch.no_grad():  # make the padded rows the likeliest tokens by far
+        model.get_output_embeddings().weight[processor.vocab_size :] = 50 * model.get_output_embeddings().weight[:extra]
+    engine = HFEngine.from_model(model, processor, LORA, seed=0)
+    prompts = _prompts(4)
+    gens = engine.generate(prompts, SAMPLE)
+    assert all(max(g.token_ids) < processor.vocab_size for g in gens)
+    scored = engine.score(prompts, [g.token_ids for g in gens], SAMPLE.temperature)
+    for gen, row in zip(gens, scored, strict=True):
+        assert max(abs(a - b) for a, b in zip(gen.logprobs, row, strict=True)) < 1e-5

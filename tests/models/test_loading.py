@@ -51,3 +51,21 @@ def test_fast_patch_embedding_equals_the_conv3d():
     for x in (still, moving):
         reference = embed.proj(x.view(-1, 3, 2, 14, 14)).view(-1, embed.embed_dim)
         assert torch.allclose(embed(x), reference, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "size, billions, vocab", [("qwen2.5-vl-3b", 3.7546, 151936), ("qwen2.5-vl-7b", 8.2922, 152064)]
+)
+def test_random_stand_ins_have_the_published_architecture(size, billions, vocab):
+    """The random-weight stand-ins for GPU timing: Qwen2.5-VL-3B/7B-Instruct's parameter counts."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from models.loading import load_processor
+
+    tokenizer = load_processor("embedded:s").tokenizer
+    config = embedded.model_config(size, tokenizer)
+    with torch.device("meta"):
+        model = Qwen2_5_VLForConditionalGeneration(config)
+    assert round(sum(p.numel() for p in model.parameters()) / 1e9, 4) == billions
+    assert config.text_config.vocab_size == vocab > len(tokenizer)  # padded rows: never sampled (scoring.py)
+    assert config.image_token_id == tokenizer.convert_tokens_to_ids("<|image_pad|>")

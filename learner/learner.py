@@ -59,11 +59,13 @@ class Learner:
         seed: int = 0,
     ):
         self.cfg, self.temperature, self.thought_weight, self.kl_coef = cfg, temperature, thought_weight, kl_coef
-        with torch.random.fork_rng(devices=[]):
+        self.device = torch.device(device)
+        # LoRA dropout draws from the device's generator: on a GPU its state is the learner's too.
+        self._cuda = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=self._cuda):
             torch.manual_seed(seed)
             self.policy = PolicyModel(model_path, lora, dtype=dtype, device=device)
-            self._rng_state = torch.get_rng_state()
-        self.device = torch.device(device)
+            self._rng_state = self._get_rng()
         self.processor = self.policy.processor
         self.optimizer = torch.optim.Adam(self.policy.trainable_parameters(), lr=cfg.lr, eps=cfg.adam_eps)
         total_steps = max(1, total_updates * updates_per_iteration)
@@ -79,11 +81,22 @@ class Learner:
         sft_labels: Sequence[SFTLabel] = (),
     ) -> dict[str, float]:
         """One PPO update over the workers' batches; ``kl`` holds one penalty per transition (batch order)."""
-        with torch.random.fork_rng(devices=[]):
-            torch.set_rng_state(self._rng_state)
+        with torch.random.fork_rng(devices=self._cuda):
+            self._set_rng(self._rng_state)
             stats = self._update(batches, kl, sft_labels)
-            self._rng_state = torch.get_rng_state()
+            self._rng_state = self._get_rng()
         return stats
+
+    def _get_rng(self) -> dict[str, torch.Tensor]:
+        state = {"cpu": torch.get_rng_state()}
+        if self._cuda:
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def _set_rng(self, state: dict[str, torch.Tensor]) -> None:
+        torch.set_rng_state(state["cpu"])
+        if self._cuda and "cuda" in state:  # a checkpoint written on a CPU learner has none
+            torch.cuda.set_rng_state(state["cuda"], self.device)
 
     def _update(self, batches, kl, sft_labels) -> dict[str, float]:
         cfg = self.cfg
@@ -205,7 +218,7 @@ class Learner:
             "optimizer": copy.deepcopy(self.optimizer.state_dict()),
             "scheduler": copy.deepcopy(self.scheduler.state_dict()),
             "version": self.version,
-            "rng": self._rng_state.clone(),
+            "rng": {k: v.clone() for k, v in self._rng_state.items()},
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -214,7 +227,9 @@ class Learner:
         self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
         self.scheduler.load_state_dict(copy.deepcopy(state["scheduler"]))
         self.version = state["version"]
-        self._rng_state = state["rng"].clone()
+        rng = state["rng"]
+        rng = {"cpu": rng} if isinstance(rng, torch.Tensor) else rng  # checkpoints from before the CUDA state
+        self._rng_state = {k: v.clone() for k, v in rng.items()}
 
 
 def _grid(values: Sequence[float], rounds: int, k: int) -> torch.Tensor:

@@ -22,10 +22,17 @@ def _batch(seed=0, rounds=3, k=4):
     return RolloutWorker(cfg.env, engine, RolloutSettings(num_envs=k, sampling=SAMPLING), seed=seed).sample(rounds)
 
 
-def _learner(**overrides):
+def _learner(lora=LORA, device="cpu", **overrides):
     cfg = load_config(None, [f"learner.{k}={v}" for k, v in overrides.items()]).learner
     return Learner(
-        cfg, "embedded:xs", LORA, temperature=1.0, thought_weight=0.5, total_updates=10, updates_per_iteration=4
+        cfg,
+        "embedded:xs",
+        lora,
+        temperature=1.0,
+        thought_weight=0.5,
+        total_updates=10,
+        updates_per_iteration=4,
+        device=device,
     )
 
 
@@ -101,13 +108,19 @@ def test_publish_versions():
     assert (v1, v2) == (1, 2) and set(adapter) == set(learner.policy.adapter())
 
 
-def test_state_round_trip_reproduces_the_next_update_bit_for_bit():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_state_round_trip_reproduces_the_next_update_bit_for_bit(device):
+    """With LoRA dropout on, so the random state (the device's too, on a GPU) must travel with the state."""
     first, second = _batch(seed=1), _batch(seed=2)
-    original = _learner(lr=1e-3, max_grad_norm=1.0)
+    lora = LoraSettings(rank=4, alpha=8, dropout=0.3)
+    original = _learner(lora, device, lr=1e-3, max_grad_norm=1.0)
     original.update([first])
     state = original.state_dict()
     original.update([second])
-    resumed = _learner(lr=1e-3, max_grad_norm=1.0)
+    resumed = _learner(lora, device, lr=1e-3, max_grad_norm=1.0)
+    torch.manual_seed(123)  # whatever the process's random state, the learner's own decides
+    if device == "cuda":
+        torch.cuda.manual_seed(123)
     resumed.load_state_dict(state)
     resumed.update([second])
     a, b = original.policy.adapter(), resumed.policy.adapter()

@@ -21,7 +21,6 @@ embedded:qwen2.5-vl-7b`` gives the like-for-like comparison.
 from __future__ import annotations
 
 import argparse
-import gc
 import statistics
 import tempfile
 import time
@@ -71,7 +70,7 @@ def main() -> None:
     for part in args.parts:
         print()
         {"rollout": rollout, "merge": merge, "iteration": iterations}[part](args, lora)
-        _free()
+        iteration.free_device_memory()
 
 
 def rollout(args, lora: LoraSettings) -> None:
@@ -212,12 +211,6 @@ def _reset_peak(device: str) -> None:
 
 def _peak_gib(device: str) -> float:
     return torch.cuda.max_memory_allocated(device) / 2**30 if device.startswith("cuda") else float("nan")
-
-
-def _free() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

@@ -78,7 +78,7 @@ def measure(
             trainer = _trainer(overrides, mode, Path(tmp.name))
             records[mode] = [trainer.iteration(i) for i in range(2, iterations + 2)]
             del trainer
-            _free_device_memory()
+            free_device_memory()
     tmp.cleanup()
     rows = {}
     for mode, recs in records.items():
@@ -116,7 +116,7 @@ def _trainer(overrides: list[str], mode: str, tmp: Path) -> Trainer:
     return trainer
 
 
-def _free_device_memory() -> None:
+def free_device_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

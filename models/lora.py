@@ -85,9 +85,10 @@ def iter_lora_deltas(
             if marker in key:
                 module = key.split(marker)[0].removeprefix("base_model.model.")
                 factors.setdefault(module, {})[part] = tensor
-    for module, pair in factors.items():
+    for module, pair in factors.items():  # every module checked before the first is yielded (and applied)
         if set(pair) != {"lora_A", "lora_B"}:
             raise ValueError(f"adapter has only {sorted(pair)} for {module}")
+    for module, pair in factors.items():
         a, b = (pair[p].to(device, torch.float32) for p in ("lora_A", "lora_B"))
         yield module, scaling * (b @ a)
 

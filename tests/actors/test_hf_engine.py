@@ -118,11 +118,15 @@ def test_loading_a_new_version_replaces_the_old_one_exactly():
     assert engine.score(prompts, responses, 1.0) == fresh.score(prompts, responses, 1.0)  # no drift, no residue
 
 
-def test_bad_adapter_is_a_clear_error(engine):
+def test_bad_adapter_is_a_clear_error_and_changes_nothing(engine):
+    engine.load_adapter(_random_adapter(5), 5)
+    prompts, responses = _prompts(2), [[100, 101, 102], [103, 104]]
+    before = engine.score(prompts, responses, 1.0)
     adapter = _random_adapter(0)
-    adapter.pop(next(k for k in adapter if "lora_B" in k))
+    adapter.pop([k for k in adapter if "lora_B" in k][-1])  # the last module: the others come first
     with pytest.raises(ValueError, match="lora_A"):
-        engine.load_adapter(adapter, 2)
+        engine.load_adapter(adapter, 6)
+    assert engine.adapter_version == 5 and engine.score(prompts, responses, 1.0) == before
 
 
 def test_scoring_rejects_vision_tokens_in_responses(engine):

@@ -167,7 +167,8 @@ def iterations(args, lora: LoraSettings) -> None:
         f"train.rounds={args.iteration_rounds}",
         "learner.epochs=4",
         f"learner.minibatch_size={min(128, args.iteration_envs * args.iteration_rounds)}",
-        "learner.micro_batch_size=4",  # three 3B models share the GPU; no activation checkpointing
+        "learner.micro_batch_size=8",
+        "learner.gradient_checkpointing=true",  # as configs/paper/points24_kl.yaml: three models share the GPU
         f"policy.threads={args.threads}",
     ]
     rows = iteration.measure(overrides, args.modes, args.iterations, interleave=False)

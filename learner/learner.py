@@ -64,7 +64,7 @@ class Learner:
         self._cuda = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=self._cuda):
             torch.manual_seed(seed)
-            self.policy = PolicyModel(model_path, lora, dtype=dtype, device=device)
+            self.policy = PolicyModel(model_path, lora, dtype, device, cfg.gradient_checkpointing)
             self._rng_state = self._get_rng()
         self.processor = self.policy.processor
         self.optimizer = torch.optim.Adam(self.policy.trainable_parameters(), lr=cfg.lr, eps=cfg.adam_eps)

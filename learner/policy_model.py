@@ -30,11 +30,20 @@ class ValueHead(nn.Module):
 
 
 class PolicyModel(nn.Module):
-    def __init__(self, model_path: str, lora: LoraSettings, dtype: str = "float32", device: str = "cpu"):
+    def __init__(
+        self,
+        model_path: str,
+        lora: LoraSettings,
+        dtype: str = "float32",
+        device: str = "cpu",
+        gradient_checkpointing: bool = False,
+    ):
         super().__init__()
         base, self.processor = load_vlm(model_path, dtype=dtype, device=device)
         self.lora = lora
         self.model = add_lora(base, lora)
+        if gradient_checkpointing:  # non-reentrant: no input needs grad, dropout replays its masks
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.value_head = ValueHead(base.config.text_config.hidden_size).to(device)
 
     def evaluate(

@@ -129,3 +129,22 @@ def test_state_round_trip_reproduces_the_next_update_bit_for_bit(device):
         torch.equal(x, y)
         for x, y in zip(original.policy.value_head.parameters(), resumed.policy.value_head.parameters(), strict=True)
     )
+
+
+def test_gradient_checkpointing_changes_no_update():
+    """Recomputed activations (dropout masks replayed) give the very update of the stored ones."""
+    batch = _batch(seed=3)
+    lora = LoraSettings(rank=4, alpha=8, dropout=0.3)
+    plain = _learner(lora, lr=1e-3, max_grad_norm=1.0)
+    recomputed = _learner(lora, lr=1e-3, max_grad_norm=1.0, gradient_checkpointing=True)
+    forwards = {}
+    for name, learner in (("plain", plain), ("recomputed", recomputed)):
+        attention = learner.policy.model.get_base_model().model.language_model.layers[0].self_attn
+        forwards[name] = 0
+        attention.register_forward_pre_hook(lambda *_, name=name: forwards.__setitem__(name, forwards[name] + 1))
+    stats = plain.update([batch]), recomputed.update([batch])
+    assert forwards["recomputed"] > forwards["plain"]  # backward ran the layers again
+    a, b = plain.policy.adapter(), recomputed.policy.adapter()
+    assert all(torch.allclose(a[k], b[k], atol=1e-7) for k in a)
+    assert any(not torch.equal(a[k], _learner(lora).policy.adapter()[k]) for k in a)  # the update did something
+    assert stats[0]["losses/policy"] == pytest.approx(stats[1]["losses/policy"], abs=1e-6)

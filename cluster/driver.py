@@ -13,10 +13,11 @@ What overlaps in Ray mode, and what does not:
 - the student's evaluation (split over the rollout actors) runs beside the teacher's;
 - synchronous: learning waits for every batch and for the guidance, publishing for the learner.
 
-Faults: a rollout actor that dies is replaced by a new incarnation holding the current adapter and
-its part of the phase is redone; a teacher that dies is rebuilt from its on-disk checkpoint buffer
-while training goes on without guidance (``teacher/skipped``); a learner failure stops the run with
-the last good checkpoint named (``RunStopped``).
+Faults: a rollout actor that dies or raises (``RoleError``: an env that crashed, a CUDA out-of-memory)
+is replaced by a new incarnation holding the current adapter and its part of the phase is redone; a
+teacher that dies or raises is rebuilt from its on-disk checkpoint buffer while training goes on
+without guidance (``teacher/skipped``); more than ``cluster.max_restarts`` of either, or any learner
+failure, stops the run with the last good checkpoint named (``RunStopped``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any
 
 from actors.trajectory import EpisodeStats, summarize
 from cluster import checkpoint, metrics
-from cluster.system import ActorDied, Handle, Pending, RunStopped, System
+from cluster.system import Handle, Pending, RoleError, RunStopped, System
 from configs import Config
 from teacher.buffer import CheckpointBuffer
 
@@ -128,9 +129,10 @@ class Trainer:
                 try:
                     out.append((pending.result(), pending.ref))
                     break
-                except ActorDied as error:
+                except RoleError as error:
                     self.log(f"{error}; starting a new rollout-{i} and redoing its {method}")
-                    handle = self.system.restart_rollout(i)
+                    with self._restarts_left(error):
+                        handle = self.system.restart_rollout(i)
                     self.counters["rollout/restarts"] += 1
                     if self.published is not None:
                         handle.call("load_adapter", self.published.adapter, self.published.version)
@@ -149,6 +151,14 @@ class Trainer:
         except Exception as error:
             raise RunStopped(self._stop_message(f"the learner failed in {method} ({error})")) from error
 
+    @contextmanager
+    def _restarts_left(self, error: RoleError):
+        """Restarts beyond cluster.max_restarts stop the run, naming the last failure and the checkpoint."""
+        try:
+            yield
+        except RunStopped as stop:
+            raise RunStopped(self._stop_message(f"{stop}; the last time: {error}")) from error
+
     def _stop_message(self, what: str) -> str:
         where = self.last_checkpoint or "none yet"
         return f"{what}. Last good checkpoint: {where}. Resume with: python -m cluster.launch --resume {self.run_dir}"
@@ -163,8 +173,8 @@ class Trainer:
         pending = teacher.call(method, *refs)
         try:
             pending.result()
-        except ActorDied as error:
-            self._teacher_died(error)
+        except RoleError as error:
+            self._teacher_failed(error)
             return None, None
         return (pending.ref, None) if method == "kl" else (None, pending.ref)
 
@@ -175,8 +185,8 @@ class Trainer:
                 return None
             try:
                 self.teacher_starting.result()
-            except ActorDied as error:
-                self._teacher_died(error)
+            except RoleError as error:
+                self._teacher_failed(error)
                 return None
             self.log(f"{self.system.teacher.name} is back: guidance resumes")
             self.teacher_starting = None
@@ -186,15 +196,16 @@ class Trainer:
         try:
             for _, _, pending in self.unmerged:
                 self.teacher_stats = pending.result()
-        except ActorDied as error:
-            self._teacher_died(error)
+        except RoleError as error:
+            self._teacher_failed(error)
             return False
         self.unmerged.clear()
         return True
 
-    def _teacher_died(self, error: ActorDied) -> None:
+    def _teacher_failed(self, error: RoleError) -> None:
         self.log(f"{error}; rebuilding the teacher from its checkpoint buffer, training goes on without guidance")
-        handle = self.system.restart_teacher()
+        with self._restarts_left(error):
+            handle = self.system.restart_teacher()
         self.counters["teacher/restarts"] += 1
         self.teacher_starting = handle.call("ready")
         self.unmerged = [(v, a, handle.call("add_checkpoint", a, v)) for v, a, _ in self.unmerged]
@@ -231,8 +242,8 @@ class Trainer:
         if teacher_pending is not None:
             try:
                 out |= {f"eval/teacher_{k}": v for k, v in summarize(teacher_pending.result()).items()}
-            except ActorDied as error:
-                self._teacher_died(error)
+            except RoleError as error:
+                self._teacher_failed(error)
         return out
 
     # ------------------------------------------------------------------ checkpoints and resume
@@ -269,8 +280,8 @@ class Trainer:
             try:
                 teacher.call("save", str(folder / "teacher.pt")).result()
                 break
-            except ActorDied as error:
-                self._teacher_died(error)
+            except RoleError as error:
+                self._teacher_failed(error)
         CheckpointBuffer(self.system.buffer_dir).link_into(folder / "teacher")
 
     def restore(self, path: Path) -> int:

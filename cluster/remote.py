@@ -24,7 +24,7 @@ for _key, _value in RAY_ENV.items():
 
 import ray  # noqa: E402  (the environment above must be set first)
 
-from cluster.system import ActorDied  # noqa: E402
+from cluster.system import ActorDied, RoleFailed  # noqa: E402
 from configs import Config  # noqa: E402
 
 ROLES = ("rollout", "learner", "teacher")
@@ -121,8 +121,8 @@ def cluster_nodes() -> list[dict[str, float]]:
 
 
 class RayPending:
-    def __init__(self, name: str, ref: ray.ObjectRef):
-        self.name, self._ref = name, ref
+    def __init__(self, name: str, method: str, ref: ray.ObjectRef):
+        self.name, self.method, self._ref = name, method, ref
 
     @property
     def ref(self) -> ray.ObjectRef:
@@ -133,6 +133,9 @@ class RayPending:
             return ray.get(self._ref)
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as error:
             raise ActorDied(self.name, type(error).__name__) from error
+        except ray.exceptions.RayTaskError as error:  # the method raised inside a live actor
+            cause = error.cause if isinstance(error.cause, BaseException) else str(error)
+            raise RoleFailed(self.name, self.method, cause) from error
 
     def ready(self) -> bool:
         return bool(ray.wait([self._ref], timeout=0)[0])
@@ -143,11 +146,11 @@ class RayHandle:
         self.name, self.actor = name, actor
 
     def call(self, method: str, *args: Any) -> RayPending:
-        return RayPending(self.name, getattr(self.actor, method).remote(*args))
+        return RayPending(self.name, method, getattr(self.actor, method).remote(*args))
 
     def call2(self, method: str, *args: Any) -> tuple[RayPending, RayPending]:
         first, second = getattr(self.actor, method).options(num_returns=2).remote(*args)
-        return RayPending(self.name, first), RayPending(self.name, second)
+        return RayPending(self.name, method, first), RayPending(self.name, method, second)
 
     def stop(self) -> None:
         try:

@@ -22,12 +22,27 @@ from cluster.roles import LearnerRole, RolloutRole, TeacherRole
 from configs import Config
 
 
-class ActorDied(RuntimeError):
+class RoleError(RuntimeError):
+    """A role could not answer a call: its actor is gone, or the method raised."""
+
+    def __init__(self, message: str, name: str):
+        super().__init__(message)
+        self.name = name
+
+
+class ActorDied(RoleError):
     """A role's actor process is gone (killed, crashed, out of memory)."""
 
     def __init__(self, name: str, cause: str):
-        super().__init__(f"actor {name} died: {cause}")
-        self.name = name
+        super().__init__(f"actor {name} died: {cause}", name)
+
+
+class RoleFailed(RoleError):
+    """A role's method raised (a CUDA out-of-memory, an env that crashed, a bad checkpoint file)."""
+
+    def __init__(self, name: str, method: str, cause: BaseException | str):
+        text = cause if isinstance(cause, str) else f"{type(cause).__name__}: {cause}"
+        super().__init__(f"{name} failed in {method} ({text})", name)
 
 
 class RunStopped(RuntimeError):
@@ -85,16 +100,45 @@ class Done:
         return True
 
 
+@dataclass
+class Failed:
+    """A local call that raised: ``result`` raises it, as a Ray call's result does."""
+
+    error: RoleFailed
+
+    @property
+    def ref(self) -> Any:
+        raise self.error
+
+    def result(self) -> Any:
+        raise self.error
+
+    def ready(self) -> bool:
+        return True
+
+
 class LocalHandle:
     def __init__(self, name: str, obj: Any):
         self.name, self.obj = name, obj
 
-    def call(self, method: str, *args: Any) -> Done:
-        return Done(getattr(self.obj, method)(*args))
+    def call(self, method: str, *args: Any) -> Done | Failed:
+        try:
+            return Done(getattr(self.obj, method)(*args))
+        except Exception as error:
+            return self._failed(method, error)
 
-    def call2(self, method: str, *args: Any) -> tuple[Done, Done]:
-        first, second = getattr(self.obj, method)(*args)
+    def call2(self, method: str, *args: Any) -> tuple[Done | Failed, Done | Failed]:
+        try:
+            first, second = getattr(self.obj, method)(*args)
+        except Exception as error:
+            failed = self._failed(method, error)
+            return failed, failed
         return Done(first), Done(second)
+
+    def _failed(self, method: str, error: Exception) -> Failed:
+        failure = RoleFailed(self.name, method, error)
+        failure.__cause__ = error  # the role's own traceback stays attached
+        return Failed(failure)
 
     def stop(self) -> None:
         self.obj = None
@@ -146,7 +190,9 @@ class System:
         self.incarnations[index] += 1
         n = self.incarnations[index]
         if n > self.cfg.cluster.max_restarts:
-            raise RunStopped(f"rollout-{index} died {n} times (cluster.max_restarts={self.cfg.cluster.max_restarts})")
+            raise RunStopped(
+                f"rollout-{index} failed or died {n} times (cluster.max_restarts={self.cfg.cluster.max_restarts})"
+            )
         self.rollouts[index].stop()
         self.rollouts[index] = self.spawn("rollout", f"rollout-{index}-r{n}", RolloutRole, self.cfg, index, n)
         return self.rollouts[index]
@@ -156,7 +202,9 @@ class System:
         self.teacher_incarnation += 1
         n = self.teacher_incarnation
         if n > self.cfg.cluster.max_restarts:
-            raise RunStopped(f"the teacher died {n} times (cluster.max_restarts={self.cfg.cluster.max_restarts})")
+            raise RunStopped(
+                f"the teacher failed or died {n} times (cluster.max_restarts={self.cfg.cluster.max_restarts})"
+            )
         self.teacher.stop()
         self.teacher = self.spawn("teacher", f"teacher-r{n}", TeacherRole, self.cfg, str(self.buffer_dir))
         return self.teacher

@@ -52,3 +52,49 @@ def test_warm_start_sft_then_every_role_starts_from_its_checkpoint(tmp_path):
     assert seen == {"rollout": checkpoint, "teacher": checkpoint, "learner": checkpoint}
     with pytest.raises(launch.SetupError, match="already holds a run"):  # a new run never mixes into an old one
         launch.run(cfg, log=lambda *_: None)
+
+
+def _raising(monkeypatch, cls, method, times):
+    """Make ``cls.method`` raise on its first ``times`` calls (every incarnation counts)."""
+    original, calls = getattr(cls, method), []
+
+    def flaky(self, *args):
+        calls.append(method)
+        if len(calls) <= times:
+            raise RuntimeError(f"injected failure {len(calls)} in {method}")
+        return original(self, *args)
+
+    monkeypatch.setattr(cls, method, flaky)
+    return calls
+
+
+def test_a_teacher_or_rollout_that_raises_is_rebuilt_and_the_run_goes_on(tmp_path, monkeypatch):
+    from cluster.roles import RolloutRole, TeacherRole
+
+    _raising(monkeypatch, TeacherRole, "add_checkpoint", 1)  # the first merge fails
+    _raising(monkeypatch, RolloutRole, "sample", 1)  # the first sample fails
+    logs = []
+    cfg = load_config(
+        None, [*TINY, "cluster.mode=local", "teacher.guidance=kl", "train.iterations=3", f"run_dir={tmp_path}"]
+    )
+    last = launch.run(cfg, log=logs.append)
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in lines] == [0, 1, 2, 3]
+    assert last["rollout/total_env_steps"] == 36  # the failed sample was redone by a new incarnation
+    assert last["rollout/restarts"] == 1 and last["teacher/restarts"] == 1
+    assert last["teacher/merged_version"] == 3.0 and last["teacher/skipped"] == 0  # version 1 re-sent, guidance back
+    assert any("rollout-0 failed in sample (RuntimeError: injected failure 1" in str(m) for m in logs)
+    assert any("teacher failed in add_checkpoint" in str(m) and "rebuilding the teacher" in str(m) for m in logs)
+
+
+def test_a_teacher_that_keeps_failing_stops_the_run_naming_the_checkpoint(tmp_path, monkeypatch):
+    from cluster.roles import TeacherRole
+
+    _raising(monkeypatch, TeacherRole, "add_checkpoint", 10**6)
+    overrides = [*TINY, "cluster.mode=local", "teacher.guidance=kl", "cluster.max_restarts=1"]
+    cfg = load_config(None, [*overrides, "train.iterations=3", f"run_dir={tmp_path}"])
+    with pytest.raises(launch.RunStopped) as stopped:
+        launch.run(cfg, log=lambda *_: None)
+    message = str(stopped.value)
+    assert "the teacher failed or died 2 times" in message and "injected failure" in message
+    assert f"--resume {tmp_path}" in message

@@ -106,3 +106,24 @@ def test_check_resources_names_what_does_not_fit():
     big = load_config(None, ["cluster.learner.num_gpus=2"])  # 2 GPUs in the cluster, but one per node
     with pytest.raises(remote.ResourceError, match="learner asks for 1 CPUs and 2 GPUs"):
         remote.check_resources(big, node, [{"CPU": 8.0, "GPU": 1.0}, {"CPU": 8.0, "GPU": 1.0}])
+
+
+def test_a_method_that_raises_is_a_role_failure_and_a_killed_actor_died(cluster):
+    """What the driver sees from a Ray actor: RoleFailed (method raised, actor alive) or ActorDied."""
+    from cluster.system import ActorDied, RoleFailed
+
+    @ray.remote(num_cpus=0)
+    class Flaky:
+        def fail(self):
+            raise ValueError("bad checkpoint file")
+
+        def fine(self):
+            return 7
+
+    handle = remote.RayHandle("flaky", Flaky.remote())
+    with pytest.raises(RoleFailed, match=r"flaky failed in fail \(ValueError: bad checkpoint file\)"):
+        handle.call("fail").result()
+    assert handle.call("fine").result() == 7  # still alive
+    ray.kill(handle.actor)
+    with pytest.raises(ActorDied, match="actor flaky died"):
+        handle.call("fine").result()

@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -161,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except RunStopped as error:
+        if error.__cause__ is not None:  # what failed, with its traceback (a Ray error's includes the actor's)
+            traceback.print_exception(error.__cause__, file=sys.stderr)
         print(f"run stopped: {error}", file=sys.stderr)
         return 1
     return 0

@@ -31,7 +31,7 @@ from typing import Any
 
 from actors.trajectory import EpisodeStats, summarize
 from cluster import checkpoint, metrics
-from cluster.system import Handle, Pending, RoleError, RunStopped, System
+from cluster.system import Handle, Pending, RoleError, RoleFailed, RunStopped, System
 from configs import Config
 from teacher.buffer import CheckpointBuffer
 
@@ -149,7 +149,8 @@ class Trainer:
         try:
             yield
         except Exception as error:
-            raise RunStopped(self._stop_message(f"the learner failed in {method} ({error})")) from error
+            what = str(error) if isinstance(error, RoleFailed) else f"the learner failed in {method} ({error})"
+            raise RunStopped(self._stop_message(what)) from error
 
     @contextmanager
     def _restarts_left(self, error: RoleError):

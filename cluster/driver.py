@@ -70,6 +70,7 @@ class Trainer:
         self.teacher_starting: Pending | None = None  # a rebuilt teacher's "ready" call
         self.teacher_stats: dict[str, float] = {}
         self.counters = {"rollout/restarts": 0, "teacher/restarts": 0}
+        self.loads: dict[int, Pending] = {}  # adapter loads queued on rollout actors, checked with their next call
         self.total_env_steps = 0
         self.last_checkpoint: Path | None = None
 
@@ -120,13 +121,17 @@ class Trainer:
         return (every and index % every == 0) or index == self.cfg.train.iterations
 
     def _on_rollouts(self, method: str, args_for: Callable[[int], tuple]) -> list[tuple[Any, Any]]:
-        """``method`` on every rollout actor, in parallel: [(result, ref)] in worker order. A dead actor is
-        replaced by a new incarnation with the current adapter, and its call is made again."""
+        """``method`` on every rollout actor, in parallel: [(result, ref)] in worker order. An actor that
+        died or failed (this call, or the adapter load queued before it) is replaced by a new incarnation
+        with the current adapter, and its call is made again."""
         pendings = [h.call(method, *args_for(i)) for i, h in enumerate(self.system.rollouts)]
         out = []
         for i, pending in enumerate(pendings):
             while True:
                 try:
+                    load = self.loads.pop(i, None)
+                    if load is not None:
+                        load.result()
                     out.append((pending.result(), pending.ref))
                     break
                 except RoleError as error:
@@ -134,10 +139,14 @@ class Trainer:
                     with self._restarts_left(error):
                         handle = self.system.restart_rollout(i)
                     self.counters["rollout/restarts"] += 1
-                    if self.published is not None:
-                        handle.call("load_adapter", self.published.adapter, self.published.version)
+                    self._load_current(i, handle)
                     pending = handle.call(method, *args_for(i))
         return out
+
+    def _load_current(self, index: int, handle: Handle) -> None:
+        """Queue the current adapter on rollout ``index`` (its result is checked with the actor's next call)."""
+        if self.published is not None:
+            self.loads[index] = handle.call("load_adapter", self.published.adapter, self.published.version)
 
     def _learner(self, method: str, *args) -> Any:
         with self._learner_failure(method):
@@ -224,8 +233,8 @@ class Trainer:
         version, adapter = self.system.learner.call2("publish")
         with self._learner_failure("publish"):
             self.published = Published(version.result(), adapter.ref)
-        for handle in self.system.rollouts:
-            handle.call("load_adapter", self.published.adapter, self.published.version)  # queued before the next sample
+        for i, handle in enumerate(self.system.rollouts):
+            self._load_current(i, handle)  # queued before the next sample
 
     # ------------------------------------------------------------------ evaluation
 
@@ -291,21 +300,26 @@ class Trainer:
         state = checkpoint.driver_state(path)
         if not all((path / f"rollout-{i}.pt").is_file() for i in range(len(self.system.rollouts))):
             raise RunStopped(f"checkpoint {path} was written with another train.num_workers; resume with the same")
-        self._learner("load", str(path / "learner.pt"))
-        self._on_rollouts("load", lambda i: (str(path / f"rollout-{i}.pt"),))
-        version, adapter = self.system.learner.call2("current")
-        self.published = Published(version.result(), adapter.ref)
-        for handle in self.system.rollouts:
-            handle.call("load_adapter", self.published.adapter, self.published.version)
-        if self.system.teacher is not None:
-            if (path / "teacher.pt").is_file():
-                self.system.teacher.call("load", str(path / "teacher.pt")).result()
-            if self.published.version:
-                self._send_checkpoint()  # a no-op when the restored buffer already holds it
-        self.total_env_steps = state["total_env_steps"]
+        # Counters first: a role replaced while restoring counts on from them (and gets a new actor name).
         self.counters = state["counters"]
         self.system.incarnations = state["incarnations"]
         self.system.teacher_incarnation = state["teacher_incarnation"]
+        self._learner("load", str(path / "learner.pt"))
+        self._on_rollouts("load", lambda i: (str(path / f"rollout-{i}.pt"),))
+        version, adapter = self.system.learner.call2("current")
+        with self._learner_failure("current"):
+            self.published = Published(version.result(), adapter.ref)
+        for i, handle in enumerate(self.system.rollouts):
+            self._load_current(i, handle)
+        if self.system.teacher is not None:
+            if (path / "teacher.pt").is_file():
+                try:
+                    self.system.teacher.call("load", str(path / "teacher.pt")).result()
+                except RoleError as error:
+                    self._teacher_failed(error)
+            if self.published.version:
+                self._send_checkpoint()  # a no-op when the restored buffer already holds it
+        self.total_env_steps = state["total_env_steps"]
         self.last_checkpoint = path
         return state["iteration"]
 

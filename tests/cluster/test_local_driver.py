@@ -98,3 +98,15 @@ def test_a_teacher_that_keeps_failing_stops_the_run_naming_the_checkpoint(tmp_pa
     stopped = err[err.index("run stopped:") :]
     assert "the teacher failed or died 2 times" in stopped and "injected failure" in stopped
     assert f"--resume {tmp_path}" in stopped
+
+
+def test_a_failed_adapter_load_replaces_the_rollout_actor_before_it_samples_stale(tmp_path, monkeypatch):
+    from cluster.roles import RolloutRole
+
+    _raising(monkeypatch, RolloutRole, "load_adapter", 1)  # version 1 never reaches rollout-0
+    cfg = load_config(None, [*TINY, "cluster.mode=local", "teacher.guidance=none", f"run_dir={tmp_path}"])
+    last = launch.run(cfg, log=lambda *_: None)
+    assert last["rollout/restarts"] == 1
+    assert last["rollout/policy_version"] == 2 and last["rollout/stale_steps"] == 0
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all(r.get("rollout/stale_steps", 0) == 0 for r in lines)

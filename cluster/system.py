@@ -85,33 +85,20 @@ class Spawner(Protocol):
 
 @dataclass
 class Done:
-    """A local call's result, already there."""
+    """A local call's outcome, already there: its value, or the error that ``result`` raises (as a Ray
+    call's result does when the method raised)."""
 
-    value: Any
-
-    @property
-    def ref(self) -> Any:
-        return self.value
-
-    def result(self) -> Any:
-        return self.value
-
-    def ready(self) -> bool:
-        return True
-
-
-@dataclass
-class Failed:
-    """A local call that raised: ``result`` raises it, as a Ray call's result does."""
-
-    error: RoleFailed
+    value: Any = None
+    error: RoleFailed | None = None
 
     @property
     def ref(self) -> Any:
-        raise self.error
+        return self.result()
 
     def result(self) -> Any:
-        raise self.error
+        if self.error is not None:
+            raise self.error
+        return self.value
 
     def ready(self) -> bool:
         return True
@@ -121,13 +108,13 @@ class LocalHandle:
     def __init__(self, name: str, obj: Any):
         self.name, self.obj = name, obj
 
-    def call(self, method: str, *args: Any) -> Done | Failed:
+    def call(self, method: str, *args: Any) -> Done:
         try:
             return Done(getattr(self.obj, method)(*args))
         except Exception as error:
             return self._failed(method, error)
 
-    def call2(self, method: str, *args: Any) -> tuple[Done | Failed, Done | Failed]:
+    def call2(self, method: str, *args: Any) -> tuple[Done, Done]:
         try:
             first, second = getattr(self.obj, method)(*args)
         except Exception as error:
@@ -135,10 +122,10 @@ class LocalHandle:
             return failed, failed
         return Done(first), Done(second)
 
-    def _failed(self, method: str, error: Exception) -> Failed:
+    def _failed(self, method: str, error: Exception) -> Done:
         failure = RoleFailed(self.name, method, error)
         failure.__cause__ = error  # the role's own traceback stays attached
-        return Failed(failure)
+        return Done(error=failure)
 
     def stop(self) -> None:
         self.obj = None

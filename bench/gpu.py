@@ -95,16 +95,17 @@ def rollout(args, lora: LoraSettings) -> None:
         f"{args.rounds} timed rounds per K after a warm-up; engine loaded in {loaded:.0f} s"
     )
     print(
-        "| K | env steps | seconds | steps/s | s per step | vs K=1 | tokens/response | generate % | env % "
-        "| peak GiB | vs published (10 s/step) |"
+        "| K | env steps | seconds | steps/s | s per step | vs K=1 | tokens/response | prefill % | decode % "
+        "| env % | peak GiB | vs published (10 s/step) |"
     )
-    print("|---" * 11 + "|")
+    print("|---" * 12 + "|")
     for k, steps, seconds, phases, tokens, peak in rows:
         sps = steps / seconds
-        gen, env = 100 * phases["generate"] / seconds, 100 * phases["env"] / seconds
+        share = {p: 100 * phases[p] / seconds for p in ("prefill", "decode", "env")}
         print(
             f"| {k} | {steps} | {seconds:.1f} | {sps:.2f} | {1 / sps:.3f} | {sps / base:.1f}x | {tokens:.0f} "
-            f"| {gen:.0f} | {env:.1f} | {peak:.1f} | {PUBLISHED_SECONDS_PER_STEP * sps:.0f}x |"
+            f"| {share['prefill']:.0f} | {share['decode']:.0f} | {share['env']:.1f} | {peak:.1f} "
+            f"| {PUBLISHED_SECONDS_PER_STEP * sps:.0f}x |"
         )
 
 

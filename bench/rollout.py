@@ -77,6 +77,8 @@ def measure(worker: RolloutWorker, min_steps: int, min_rounds: int = 3) -> tuple
         tokens += sum(len(t.response_ids) for t in batch.transitions)
         for phase, value in batch.seconds.items():
             phases[phase] = phases.get(phase, 0.0) + value
+        for phase in ("prefill", "decode"):  # the engine's split of the last generate (one per round)
+            phases[phase] = phases.get(phase, 0.0) + getattr(worker.engine, "timing", {}).get(phase, 0.0)
     return steps, seconds, phases, tokens / steps
 
 

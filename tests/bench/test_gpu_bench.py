@@ -22,7 +22,7 @@ def test_every_part_prints_its_table():
     )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    rollout = [line.split(" | ") for line in lines if line.startswith(("| 1 |", "| 2 |")) and line.count("|") == 12]
+    rollout = [line.split(" | ") for line in lines if line.startswith(("| 1 |", "| 2 |")) and line.count("|") == 13]
     assert [int(row[0].strip("| ")) for row in rollout] == [1, 2]
     assert all(int(row[1]) == int(row[0].strip("| ")) for row in rollout)  # one timed round: K env steps
     merges = [line.split(" | ") for line in lines if line.count("|") == 5 and line[2:3].isdigit()]

@@ -81,10 +81,10 @@ def rollout(args, lora: LoraSettings) -> None:
     engine.load_adapter(random_adapter(engine.model, lora), version=1)  # a served adapter, merged in
     loaded = time.perf_counter() - start
     sampling = SamplingParams(temperature=0.2, top_k=5, max_new_tokens=args.max_new_tokens)
-    rows = []
+    rows, prompt_tokens = [], []
     for k in args.ks:
         worker = RolloutWorker(cfg.env, engine, RolloutSettings(num_envs=k, sampling=sampling), seed=0)
-        worker.sample(1)  # warm-up
+        prompt_tokens += [len(t.prompt_ids) for t in worker.sample(1).transitions]  # warm-up
         _reset_peak(args.device)
         steps, seconds, phases, tokens = measure_rollout(worker, min_steps=1, min_rounds=args.rounds)
         rows.append((k, steps, seconds, phases, tokens, _peak_gib(args.device)))
@@ -92,7 +92,8 @@ def rollout(args, lora: LoraSettings) -> None:
     base = rows[0][1] / rows[0][2]
     print(
         f"Rollout: {args.env} from images, {args.max_new_tokens} new tokens at most (temperature 0.2, top-k 5), "
-        f"{args.rounds} timed rounds per K after a warm-up; engine loaded in {loaded:.0f} s"
+        f"{args.rounds} timed rounds per K after a warm-up; engine loaded in {loaded:.0f} s; prompts "
+        f"{statistics.mean(prompt_tokens):.0f} tokens ({len(engine.processor.tokenizer)}-id tokenizer)"
     )
     print(
         "| K | env steps | seconds | steps/s | s per step | vs K=1 | tokens/response | prefill % | decode % "

@@ -11,10 +11,11 @@ Sizes (parameters counted with their vocabulary):
   ``../shared/notes/learnability.md`` found best on this CPU.
 - ``qwen2.5-vl-3b`` / ``qwen2.5-vl-7b``: the published Qwen2.5-VL-3B/7B-Instruct architectures (3.75 B
   and 8.29 B parameters, their embedding rows, vision tower with window attention and image processor
-  limits) with random weights, for timing on a GPU without a model hub. They use the ``s`` tokenizer
-  (1024 tokens): sampling and scoring only ever see its ids (``VLProcessor.vocab_size``), and a prompt's
-  text takes more tokens than Qwen's 151 k-token BPE would give it. Built in bfloat16, on the GPU when
-  there is one.
+  limits) with random weights, for timing on a GPU without a model hub. With the ``qwen-vocab`` extra
+  they get Qwen2.5's real 151,665-token vocabulary (models/tokenizer.py), so prompts are as long as a
+  real checkpoint's; without it, the ``s`` tokenizer (1024 ids: sampling and scoring only ever see those,
+  ``VLProcessor.vocab_size``, and prompt text takes more tokens). The cache folder names which one.
+  Built in bfloat16, on the GPU when there is one.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 
 import envs
 from models.processing import VLProcessor
-from models.tokenizer import train_tokenizer
+from models.tokenizer import has_qwen_vocabulary, qwen_tokenizer, train_tokenizer
 
 # Bump when anything below changes what gets built, so caches are rebuilt.
 BUILD_VERSION = 5
@@ -85,7 +86,8 @@ SIZES |= {
             "mrope_section": [16, 24, 24],
         },
         "vision": _QWEN_VISION,
-        "vocab_size": 1024,  # the tokenizer's: the ``s`` tokenizer
+        "vocab_size": 1024,  # the trained tokenizer's, without the qwen-vocab extra
+        "real_vocabulary": True,
         "model_vocab_size": 151936,
         "tie_word_embeddings": True,
         "max_pixels": 12845056,
@@ -102,6 +104,7 @@ SIZES |= {
         },
         "vision": _QWEN_VISION,
         "vocab_size": 1024,
+        "real_vocabulary": True,
         "model_vocab_size": 152064,
         "tie_word_embeddings": False,
         "max_pixels": 12845056,
@@ -124,9 +127,15 @@ def size_of(path: str) -> str:
     return size
 
 
+def tokenizer_kind(size: str) -> str:
+    """``qwen2.5`` (the real vocabulary) where the size wants it and the extra is installed, else ``trained``."""
+    return "qwen2.5" if SIZES[size].get("real_vocabulary") and has_qwen_vocabulary() else "trained"
+
+
 def cache_dir(size: str) -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "gtr-turbo" / "models" / f"embedded-{size}-v{BUILD_VERSION}"
+    vocab = "-qwen-vocab" if tokenizer_kind(size) == "qwen2.5" else ""
+    return Path(base) / "gtr-turbo" / "models" / f"embedded-{size}{vocab}-v{BUILD_VERSION}"
 
 
 def materialize(size: str) -> Path:
@@ -139,7 +148,8 @@ def materialize(size: str) -> Path:
         model, processor = build(size)
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
-        (Path(tmp) / "embedded.json").write_text(json.dumps({"size": size, "build_version": BUILD_VERSION}))
+        info = {"size": size, "build_version": BUILD_VERSION, "tokenizer": tokenizer_kind(size)}
+        (Path(tmp) / "embedded.json").write_text(json.dumps(info))
         try:
             os.rename(tmp, folder)
         except OSError:
@@ -153,7 +163,7 @@ def materialize(size: str) -> Path:
 def build(size: str, seed: int = 0) -> tuple[Qwen2_5_VLForConditionalGeneration, VLProcessor]:
     """A fresh random model and its processor (not cached; see ``materialize``)."""
     spec = SIZES[size]
-    tokenizer = train_tokenizer(corpus(), spec["vocab_size"])
+    tokenizer = qwen_tokenizer() if tokenizer_kind(size) == "qwen2.5" else train_tokenizer(corpus(), spec["vocab_size"])
     image_processor = Qwen2VLImageProcessorPil(
         patch_size=14,
         temporal_patch_size=2,

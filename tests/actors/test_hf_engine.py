@@ -158,3 +158,18 @@ def test_padded_embedding_rows_are_never_sampled_or_scored():
     scored = engine.score(prompts, [g.token_ids for g in gens], SAMPLE.temperature)
     for gen, row in zip(gens, scored, strict=True):
         assert max(abs(a - b) for a, b in zip(gen.logprobs, row, strict=True)) < 1e-5
+
+
+@pytest.mark.gpu
+def test_on_cuda_sampled_logprobs_equal_rescored_and_the_cpu_engines():
+    gpu, cpu = HFEngine("embedded:xs", LORA, device="cuda", seed=0), HFEngine("embedded:xs", LORA)
+    adapter = _random_adapter(1)
+    gpu.load_adapter(adapter, 1)
+    cpu.load_adapter(adapter, 1)
+    prompts = _prompts(6)
+    gens = gpu.generate(prompts, SAMPLE, spec_for(envs.POINTS24))
+    responses = [g.token_ids for g in gens]
+    on_gpu, on_cpu = gpu.score(prompts, responses, 1.0), cpu.score(prompts, responses, 1.0)
+    for gen, row, ref in zip(gens, on_gpu, on_cpu, strict=True):
+        assert max(abs(a - b) for a, b in zip(gen.logprobs, row, strict=True)) < 1e-4
+        assert max(abs(a - b) for a, b in zip(row, ref, strict=True)) < 1e-3

@@ -42,3 +42,13 @@ def test_cuda_without_a_gpu_is_a_clear_error():
 def test_unknown_part_is_named():
     out = _run(*TINY, "--parts", "rollout", "sampling")
     assert out.returncode == 2 and "sampling" in out.stderr
+
+
+@pytest.mark.gpu
+def test_every_part_runs_on_cuda_in_bfloat16():
+    out = _run(
+        *("--model", "embedded:xs", "--rank", "8", "--ks", "1", "4", "--max-new-tokens", "8", "--rounds", "1"),
+        *("--merge-ks", "2", "--repeats", "1", "--iteration-envs", "2", "--iteration-rounds", "2", "--iterations", "1"),
+    )
+    assert out.returncode == 0, out.stderr
+    assert "bfloat16 on NVIDIA" in out.stdout and "| kl |" in out.stdout

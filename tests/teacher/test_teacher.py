@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import torch
 
 from actors.engines.base import SamplingParams
@@ -124,3 +125,19 @@ def test_sft_labels_keep_teacher_thoughts_and_the_students_action(tmp_path):
         assert parsed.thoughts == "go right" and parsed.action == t.action  # the student's action
         masked = tok.decode([i for i, m in zip(label.token_ids, label.loss_mask, strict=True) if m])
         assert "go right" in masked and '"action"' not in masked
+
+
+@pytest.mark.gpu
+def test_a_teacher_on_cuda_merges_there_to_the_cpu_teachers_weights(tmp_path):
+    cfg = load_config(None, ["teacher.density=0.5"]).teacher
+    on_cpu = Teacher(cfg, "embedded:xs", LORA, tmp_path / "cpu")
+    on_gpu = Teacher(cfg, "embedded:xs", LORA, tmp_path / "gpu", device="cuda")
+    for version in (1, 2, 3):
+        adapter = _adapter(version)
+        on_cpu.add_checkpoint(adapter, version)
+        on_gpu.add_checkpoint(adapter, version)
+    for name, weight in on_cpu.engine.model.named_parameters():
+        other = on_gpu.engine.model.get_parameter(name)
+        assert other.device.type == "cuda"
+        # Entries within round-off of a trim threshold may be kept on one device only.
+        assert torch.isclose(other.cpu(), weight, atol=1e-4).float().mean() > 0.999, name

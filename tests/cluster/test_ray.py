@@ -58,6 +58,8 @@ def test_killed_rollout_actor_and_teacher_mid_run(cluster, tmp_path):
         if index == 2 and phase == "score":
             ray.kill(trainer.system.teacher.actor)  # scoring fails: rebuilt from the buffer on disk
             killed.append("teacher")
+        if index == 4 and phase == "sample" and trainer.teacher_starting is not None:
+            trainer.teacher_starting.result()  # however slow this machine starts an actor, it is back by now
 
     last, lines, records = _run(
         tmp_path, "train.num_workers=2", "teacher.guidance=kl", "train.iterations=5", "train.eval_every=0", hook=hook

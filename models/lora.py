@@ -58,9 +58,24 @@ def load_adapter_state(model: PeftModel, state: dict[str, torch.Tensor]) -> None
         raise ValueError(f"adapter keys not used by the model: {result.unexpected_keys[:3]}")
 
 
+FACTORS = ("lora_A", "lora_B")
+
+
+def factor_keys(adapter_keys: Iterable[str]) -> dict[str, dict[str, str]]:
+    """Each LoRA'd module's factor keys, ``{module path: {"lora_A": key, "lora_B": key}}``, with the
+    plain (un-wrapped) model's module paths; a malformed adapter may lack one factor of a module."""
+    out: dict[str, dict[str, str]] = {}
+    for key in adapter_keys:
+        for part in FACTORS:
+            marker = f".{part}."
+            if marker in key:
+                out.setdefault(key.split(marker)[0].removeprefix("base_model.model."), {})[part] = key
+    return out
+
+
 def adapter_modules(adapter_keys: Iterable[str]) -> list[str]:
     """Module paths (plain-model names) of an adapter's LoRA factors, sorted."""
-    return sorted({k.split(".lora_A.")[0].removeprefix("base_model.model.") for k in adapter_keys if ".lora_A." in k})
+    return sorted(m for m, parts in factor_keys(adapter_keys).items() if "lora_A" in parts)
 
 
 def lora_deltas(state: dict[str, torch.Tensor], scaling: float) -> dict[str, torch.Tensor]:
@@ -78,18 +93,12 @@ def iter_lora_deltas(
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """``lora_deltas`` one module at a time, computed on ``device``: at Qwen2.5-VL-3B size all the
     updates together are 11 GB of fp32, one module's at most 90 MB."""
-    factors: dict[str, dict[str, torch.Tensor]] = {}
-    for key, tensor in state.items():
-        for part in ("lora_A", "lora_B"):
-            marker = f".{part}."
-            if marker in key:
-                module = key.split(marker)[0].removeprefix("base_model.model.")
-                factors.setdefault(module, {})[part] = tensor
-    for module, pair in factors.items():  # every module checked before the first is yielded (and applied)
-        if set(pair) != {"lora_A", "lora_B"}:
-            raise ValueError(f"adapter has only {sorted(pair)} for {module}")
-    for module, pair in factors.items():
-        a, b = (pair[p].to(device, torch.float32) for p in ("lora_A", "lora_B"))
+    keys = factor_keys(state)
+    for module, parts in keys.items():  # every module checked before the first is yielded (and applied)
+        if set(parts) != set(FACTORS):
+            raise ValueError(f"adapter has only {sorted(parts)} for {module}")
+    for module, parts in keys.items():
+        a, b = (state[parts[p]].to(device, torch.float32) for p in FACTORS)
         yield module, scaling * (b @ a)
 
 

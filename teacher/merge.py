@@ -14,18 +14,12 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from models.lora import iter_lora_deltas
+from models.lora import FACTORS, factor_keys, iter_lora_deltas
 from teacher.ties import trim_threshold
 
 # Large merges run in blocks of about this many entries (1 MB of fp32 per buffer), so the per-entry
 # work of TIES stays near the cache instead of streaming k full-size temporaries through memory.
 CHUNK_ELEMENTS = 1 << 18
-
-
-def factor_pair(factors: dict[str, torch.Tensor], device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
-    a = next(v for k, v in factors.items() if ".lora_A." in k)
-    b = next(v for k, v in factors.items() if ".lora_B." in k)
-    return a.to(device, torch.float32), b.to(device, torch.float32)
 
 
 def trim_thresholds(
@@ -158,9 +152,10 @@ def merge_stream(
     device: torch.device | str = "cpu",
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """(module, merged dW) for every module, reading each checkpoint's factors from open handles and
-    merging on ``device`` (the teacher's: on a GPU a 3B merge is seconds, on CPU minutes)."""
+    merging on ``device`` (the teacher's: on a GPU a 3B merge is seconds, on CPU minutes). Every
+    checkpoint of a buffer has the same keys: they are grouped by module once."""
+    keys = factor_keys(handles[0].keys())
     for module in modules:
-        prefix = f"base_model.model.{module}."
-        pairs = [factor_pair({k: h.get_tensor(k) for k in h.keys() if k.startswith(prefix)}, device) for h in handles]
+        pairs = [tuple(h.get_tensor(keys[module][p]).to(device, torch.float32) for p in FACTORS) for h in handles]
         module_thresholds = [t[module] for t in thresholds] if thresholds is not None else None
         yield module, merge_module(pairs, weights, scaling, method, module_thresholds)

@@ -4,17 +4,21 @@ The agent answers every step with one JSON object whose last key is ``"action"``
 ``"thoughts"`` before it (card games also ``"cards"`` and ``"formula"``, NumberLine its two numbers:
 DESIGN.md section 2). ``parse_response`` never raises: a malformed answer is a format penalty for
 the rollout, and the action is then recovered from the ``"action"`` value when it can be, else the
-configured fallback (the paper's random action, or the env's no-op where it has one).
+configured fallback (the paper's random action, or the env's no-op where it has one). Two habits of
+instruct checkpoints are not format errors (issue 14 item 7): a Markdown code fence (```json or
+bare ```) around the whole object, and a JSON number as the action (``4`` for ``"4"``).
 
 Which response tokens are thought tokens and which are action tokens comes from character
 positions (``token_masks``): thought tokens are those that start before the last top-level
-``"action"`` key; the rest (the key, its value, the closing brace, the end token) are action tokens.
+``"action"`` key (an opening code fence among them); the rest (the key, its value, the closing brace
+and fence, the end token) are action tokens.
 No token id is hard-coded (RL4VLM issue 17 broke on a tokenizer update that way).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -157,8 +161,8 @@ def format_answer(env_id: str, fields: dict[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class ParsedResponse:
-    valid: bool  # one well-formed JSON object with every asked key and a known action
-    action_text: str | None  # the "action" value as written, when one could be read
+    valid: bool  # one well-formed JSON object (bare or in one code fence), every asked key, a known action
+    action_text: str | None  # the "action" value as written (a number as its decimal string), when readable
     action: int | str | None  # env action: index into the vocabulary, the command (ALFWorld), or None
     thoughts: str | None
     action_key_start: int | None  # char index of the last top-level "action" key; None if absent
@@ -169,20 +173,38 @@ def parse_response(text: str, spec: PromptSpec) -> ParsedResponse:
     keys = _top_level_keys(text)
     action_keys = [k for k in keys if k[0] == ACTION_KEY]
     key_start = action_keys[-1][1] if action_keys else None
-    action_text = _read_value(text, action_keys[-1][2]) if action_keys else None
+    action_text = _as_action_text(_read_value(text, action_keys[-1][2])) if action_keys else None
     obj = _whole_object(text)
     thoughts = obj.get("thoughts") if isinstance(obj, dict) else None
-    if not isinstance(action_text, str):
-        action_text = None
     action = _to_action(action_text, spec)
     valid = (
         isinstance(obj, dict)
         and all(k in obj for k in spec.keys)
-        and isinstance(obj.get(ACTION_KEY), str)
+        and _as_action_text(obj.get(ACTION_KEY)) is not None
         and isinstance(thoughts, str)
         and action is not None
     )
     return ParsedResponse(valid, action_text, action, thoughts if isinstance(thoughts, str) else None, key_start)
+
+
+def _as_action_text(value: Any) -> str | None:
+    """An action value as text: a string as written, a number as the string that names it.
+
+    Instruct checkpoints write ``"action": 4`` for the card token ``"4"``, so a number names the
+    action its integer decimal form spells (4 and 4.0 read ``"4"``, -1 reads ``"-1"``) and must then
+    match the vocabulary exactly like any string; 2.5 reads ``"2.5"``, which no env has. Booleans are
+    not numbers here (JSON ``true`` is no action), nor are NaN and the infinities Python's JSON admits.
+    """
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        if value.is_integer():
+            value = int(value)
+    return str(value)
 
 
 def _to_action(action_text: str | None, spec: PromptSpec) -> int | str | None:
@@ -199,15 +221,38 @@ def _to_action(action_text: str | None, spec: PromptSpec) -> int | str | None:
 
 
 def _whole_object(text: str) -> Any:
-    """The JSON value when the text (trimmed) is exactly one JSON object, else None."""
-    stripped = text.strip()
-    if not stripped.startswith("{"):
+    """The JSON value when the text (trimmed) is exactly one JSON object, bare or fenced, else None.
+
+    ``ValueError`` covers both a JSON syntax error and an integer too long for Python to convert
+    (over 4300 digits), which would otherwise escape a parser that must never raise.
+    """
+    body = _unfenced(text.strip())
+    if not body.startswith("{"):
         return None
     try:
-        value, end = json.JSONDecoder().raw_decode(stripped)
-    except (json.JSONDecodeError, RecursionError):
+        value, end = json.JSONDecoder().raw_decode(body)
+    except (ValueError, RecursionError):
         return None
-    return value if end == len(stripped) and isinstance(value, dict) else None
+    return value if end == len(body) and isinstance(value, dict) else None
+
+
+_FENCE = "```"
+
+
+def _unfenced(text: str) -> str:
+    """The inside of a Markdown code fence (```json or bare ```) around all of ``text``, else ``text``.
+
+    The fence is layout, not a format error. Only a fence that opens the answer and closes it is
+    removed, so prose before or after a fenced object fails just as it does around a bare one, and an
+    unclosed fence fails too. Offsets are unaffected: the key scan reads the original text, where a
+    backtick is neither a quote nor a bracket.
+    """
+    if len(text) < 2 * len(_FENCE) or not (text.startswith(_FENCE) and text.endswith(_FENCE)):
+        return text
+    inner = text[len(_FENCE) : -len(_FENCE)].lstrip(" ")
+    if inner[:4].lower() == "json":
+        inner = inner[4:]
+    return inner.strip()
 
 
 def _top_level_keys(text: str) -> list[tuple[str, int, int]]:
@@ -265,8 +310,8 @@ def _read_value(text: str, start: int) -> Any:
         i += 1
     try:
         value, _ = json.JSONDecoder().raw_decode(text, i)
-    except (json.JSONDecodeError, RecursionError):
-        return None  # e.g. an unterminated string: no action can be trusted
+    except (ValueError, RecursionError):
+        return None  # e.g. an unterminated string, or a number too long to convert: no action to trust
     return value
 
 

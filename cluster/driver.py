@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from actors.trajectory import EpisodeStats, summarize
+from actors.trajectory import Batch, EpisodeStats, summarize
 from cluster import checkpoint, metrics
 from cluster.system import Handle, Pending, RoleError, RoleFailed, RunStopped, System
 from configs import Config
@@ -73,6 +73,7 @@ class Trainer:
         self.loads: dict[int, Pending] = {}  # adapter loads queued on rollout actors, checked with their next call
         self.total_env_steps = 0
         self.last_checkpoint: Path | None = None
+        self.batches: list[Batch] = []  # the iteration's sampled batches, one per rollout actor (hooks read them)
 
     # ------------------------------------------------------------------ one iteration
 
@@ -81,6 +82,7 @@ class Trainer:
         with phase("sample"):
             sampled = self._on_rollouts("sample", lambda i: (self.cfg.train.rounds,))
         batches, refs = [b for b, _ in sampled], [r for _, r in sampled]
+        self.batches = batches
         teacher = None
         if self.cfg.teacher.guidance != "none":
             with phase("merge"):  # Ray: waits for the re-merge that overlapped the sample; local: ~0

@@ -46,8 +46,7 @@ def derived_seed(seed: int, role: str, index: int = 0) -> int:
 
 def make_engine(cfg: Config, device: str, seed: int, index: int = 0):
     """The rollout engine ``policy.engine`` names: transformers (any device) or vLLM (its CPU build, or its
-    CUDA build on a GPU). On CPU, rollout worker ``index``'s vLLM binds its threads to core ``index`` (mod
-    the cores): vLLM's own choice puts every engine on the same core."""
+    CUDA build on a GPU)."""
     p = cfg.policy
     if p.engine == "vllm":
         from actors.engines.vllm import VLLMEngine
@@ -60,9 +59,17 @@ def make_engine(cfg: Config, device: str, seed: int, index: int = 0):
             seed=seed,
             gpu_memory_utilization=p.vllm_gpu_memory_utilization,
             cpu_kv_cache_gib=p.vllm_cpu_kv_cache_gib,
-            cpu_cores=str(index % (os.cpu_count() or 1)) if device == "cpu" else None,
+            cpu_cores=vllm_cores(torch.get_num_threads(), index, os.cpu_count() or 1) if device == "cpu" else None,
         )
     return HFEngine(p.path, lora_settings(cfg), dtype=p.dtype, device=device, seed=seed)
+
+
+def vllm_cores(threads: int, index: int, cores: int) -> str:
+    """The cores rollout worker ``index``'s vLLM (CPU build) binds its ``threads`` threads to: a block of its
+    own, wrapping around the machine's cores (vLLM's own choice puts every engine on the same cores)."""
+    threads = min(threads, cores)
+    first = (index * threads) % cores
+    return ",".join(str((first + i) % cores) for i in range(threads))
 
 
 def _threads(cfg: Config, role: str) -> None:
@@ -108,6 +115,11 @@ class RolloutRole:
 
     def load(self, path: str) -> None:
         self.worker.load_state_dict(torch.load(path, weights_only=False))
+
+    def close(self) -> None:
+        """Stop the engine's own processes (vLLM's), if it has any."""
+        if hasattr(self.engine, "close"):
+            self.engine.close()
 
 
 class LearnerRole:

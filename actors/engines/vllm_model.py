@@ -9,7 +9,7 @@ top; the vLLM engine selects it through ``hf_overrides`` (actors/engines/vllm.py
   and top-k) and prompt log-probs (the scoring path, which no sampling option reaches; a logit bias would
   only reach the first).
 - **Images only.** The stock processor loads a video processor, which needs torchvision (not installed
-  beside the CPU torch: README, "vLLM on this CPU"); our prompts never hold a video.
+  beside the CPU torch: README, "vLLM"); our prompts never hold a video.
 """
 
 from __future__ import annotations

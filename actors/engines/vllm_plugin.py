@@ -5,7 +5,7 @@ It does four things, and only inside vLLM's processes:
 1. Registers ``POLICY_ARCHITECTURE``: vLLM's Qwen2.5-VL whose logits leave out the ids a policy never
    writes (actors/engines/vllm_model.py). The vLLM engine asks for it through ``hf_overrides``, so any
    other use of vLLM in the same environment is untouched.
-2. Without torchvision (the CPU build is installed without it: README, "vLLM on this CPU"), vLLM's
+2. Without torchvision (the CPU build is installed without it: README, "vLLM"), vLLM's
    Qwen2-VL module still imports ``smart_resize`` from transformers' torchvision image processor module.
    The same function (identical source) lives in the PIL image processor module; this makes the
    torchvision module's name resolve to a module holding just that function. Where torchvision is

@@ -455,20 +455,19 @@ def watch_for_engine_death(llm, interval: float = 0.5) -> None:
 
 
 @contextmanager
-def _cpu_binding(cores: str | None):
-    """``VLLM_CPU_OMP_THREADS_BIND=cores`` while vLLM starts its worker (it reads the variable there)."""
-    if cores is None:
-        yield
-        return
-    before = os.environ.get(CPU_BIND)
-    os.environ[CPU_BIND] = cores
+def _environment_while_starting(overrides: Mapping[str, str]):
+    """``overrides`` in this process's environment while vLLM starts its processes (which read them), and the
+    environment as it was afterwards. vLLM's CPU build also writes its own settings there for its children
+    (LD_PRELOAD=libgomp, LOCAL_WORLD_SIZE, VLLM_WORKER_MULTIPROC_METHOD, about 15 in all); left in place,
+    they reach every process this one starts later (a Ray cluster's workers, in the tests), whose own vLLM
+    engines then started without their process titles."""
+    before = dict(os.environ)
+    os.environ.update(overrides)
     try:
         yield
     finally:
-        if before is None:
-            os.environ.pop(CPU_BIND, None)
-        else:
-            os.environ[CPU_BIND] = before
+        os.environ.clear()
+        os.environ.update(before)
 
 
 class VLLMEngine:
@@ -511,7 +510,7 @@ class VLLMEngine:
             check_cpu_head_size(folder)
         processor = VLProcessor.from_pretrained(folder)
         extra = device_kwargs(kind, max_model_len, cpu_kv_cache_gib, gpu_memory_utilization) | engine_args
-        with _cpu_binding(cpu_cores):  # read by the worker process vLLM starts here
+        with _environment_while_starting({CPU_BIND: cpu_cores} if cpu_cores is not None else {}):
             llm = vllm.LLM(**llm_kwargs(folder, lora, dtype, seed, score_top_n, processor, **extra))
         watch_for_engine_death(llm)
         self._setup(llm, processor, lora, seed, adapter_dir, folder)

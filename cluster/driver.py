@@ -161,7 +161,7 @@ class Trainer:
             yield
         except Exception as error:
             what = str(error) if isinstance(error, RoleFailed) else f"the learner failed in {method} ({error})"
-            raise RunStopped(self._stop_message(what)) from error
+            raise RunStopped(self._stop_message(what), what) from error
 
     @contextmanager
     def _restarts_left(self, error: RoleError):
@@ -169,11 +169,11 @@ class Trainer:
         try:
             yield
         except RunStopped as stop:
-            raise RunStopped(self._stop_message(f"{stop}; the last time: {error}")) from error
+            what = f"{stop}; the last time: {error}"
+            raise RunStopped(self._stop_message(what), what) from error
 
     def _stop_message(self, what: str) -> str:
-        where = self.last_checkpoint or "none yet"
-        return f"{what}. Last good checkpoint: {where}. Resume with: python -m cluster.launch --resume {self.run_dir}"
+        return stop_message(what, self.last_checkpoint, self.run_dir)
 
     # ------------------------------------------------------------------ guidance and the teacher
 
@@ -294,11 +294,18 @@ class Trainer:
                 break
             except RoleError as error:
                 self._teacher_failed(error)
-        CheckpointBuffer(self.system.buffer_dir).link_into(folder / "teacher")
+        CheckpointBuffer(self.system.buffer_dir).copy_into(folder / "teacher")
 
     def restore(self, path: Path) -> int:
         """Continue from checkpoint ``path``: role states, counters, the current adapter everywhere.
-        The teacher's buffer was restored before the teacher started (``restore_teacher_buffer``)."""
+        The teacher's buffer was restored before the teacher started (``restore_teacher_buffer``).
+        A failure names the file and the checkpoints that are left to resume from."""
+        try:
+            return self._restore(path)
+        except RunStopped as error:
+            raise RunStopped(f"cannot resume from {path}: {error.what}. {_other_checkpoints(path)}") from error
+
+    def _restore(self, path: Path) -> int:
         state = checkpoint.driver_state(path)
         if not all((path / f"rollout-{i}.pt").is_file() for i in range(len(self.system.rollouts))):
             raise RunStopped(f"checkpoint {path} was written with another train.num_workers; resume with the same")
@@ -324,6 +331,23 @@ class Trainer:
         self.total_env_steps = state["total_env_steps"]
         self.last_checkpoint = path
         return state["iteration"]
+
+
+def stop_message(what: str, last_checkpoint: Path | None, run_dir: Path) -> str:
+    """What stopped a run, the last good checkpoint and the command that resumes from it."""
+    where = last_checkpoint or "none yet"
+    return f"{what}. Last good checkpoint: {where}. Resume with: python -m cluster.launch --resume {run_dir}"
+
+
+def _other_checkpoints(path: Path) -> str:
+    run_dir = path.parent.parent
+    others = [p.name for p in checkpoint.checkpoints(run_dir) if p != path]
+    if not others:
+        return "This run has no other checkpoint."
+    return (
+        f"Other checkpoints of this run: {', '.join(others)}; resume from one with: "
+        f"python -m cluster.launch --resume {run_dir} --checkpoint {others[0]}"
+    )
 
 
 def restore_teacher_buffer(checkpoint_path: Path, buffer_dir: Path) -> None:

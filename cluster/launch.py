@@ -1,21 +1,30 @@
 """Entry point: train a VLM agent with PPO and a merged-checkpoint teacher.
 
     python -m cluster.launch --config configs/X.yaml [key=value ...]     # a new run
-    python -m cluster.launch --resume RUN_DIR [key=value ...]            # continue from its latest checkpoint
+    python -m cluster.launch --resume RUN_DIR [--checkpoint iter-N] [key=value ...]   # continue a run
     ray job submit --working-dir . -- python -m cluster.launch --config configs/X.yaml run_dir=/abs/path
 
 With ``cluster.mode=ray`` (the default) it starts a Ray cluster on 127.0.0.1 with the dashboard, or
 joins the one in ``cluster.address`` / ``$RAY_ADDRESS`` (what ``ray job submit`` sets), checks that
 every actor fits before starting any, runs the optional SFT warm start, then the training loop
 (cluster/driver.py), and stops what it started. ``cluster.mode=local`` runs every component in this
-process, without Ray. Exit status: 0 done, 1 the run stopped (the message names the checkpoint to
-resume from), 2 bad config, model path or resources (nothing was started).
+process, without Ray. The run folder is locked for the run's life (one run per folder); ``--resume``
+continues from the newest checkpoint that verifies (cluster/checkpoint.py).
+
+Exit status: 0 done; 1 the run stopped (a failure, a non-finite update, an I/O error); 130 Ctrl-C; 143
+SIGTERM; each of these ends with one line naming the last good checkpoint and the resume command; 2 bad
+config, model path, resources or run folder (nothing was started).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import fcntl
+import json
+import os
+import signal
+import socket
 import sys
 import time
 import traceback
@@ -24,7 +33,7 @@ from pathlib import Path
 import torch
 
 from cluster import checkpoint
-from cluster.driver import Hook, Trainer, default_buffer_dir, restore_teacher_buffer
+from cluster.driver import Hook, Trainer, default_buffer_dir, restore_teacher_buffer, stop_message
 from cluster.runlog import RunLog
 from cluster.system import LocalSpawner, RunStopped, Spawner, System, local_device
 from configs import Config, ConfigError, load_config
@@ -36,21 +45,31 @@ class SetupError(ValueError):
     """Something to fix before a run can start (model path, device, resources); nothing was started."""
 
 
-def run(cfg: Config, resume: bool = False, log=print, hook: Hook | None = None) -> dict:
-    """Train, or continue the run in ``cfg.run_dir`` from its latest checkpoint; returns the last record."""
+def run(
+    cfg: Config, resume: bool = False, log=print, hook: Hook | None = None, checkpoint_name: str | None = None
+) -> dict:
+    """Train, or continue the run in ``cfg.run_dir`` from its newest intact checkpoint (or
+    ``checkpoint_name``); returns the last record. The run folder is this run's alone while it runs."""
     run_dir = Path(cfg.run_dir or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
-    latest = checkpoint.latest(run_dir) if resume else None
-    if resume and latest is None:
-        where = checkpoint.folder(run_dir)
-        raise SetupError(f"{run_dir} holds no complete checkpoint to resume from (looked in {where})")
-    if not resume and ((run_dir / "metrics.jsonl").exists() or checkpoint.folder(run_dir).exists()):
-        raise SetupError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or set another run_dir")
     preflight(cfg)
     cfg = dataclasses.replace(cfg, run_dir=str(run_dir))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    with RunFolder(run_dir, log) as owned:
+        latest = _resume_point(run_dir, checkpoint_name, log) if resume else None
+        if not resume and ((run_dir / "metrics.jsonl").exists() or checkpoint.folder(run_dir).exists()):
+            raise SetupError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or set another one")
+        if not resume:
+            owned.write("config.yaml", to_yaml(cfg))
+        progress = Progress(run_dir, latest)
+        try:
+            return _start(cfg, run_dir, latest, progress, log, hook)
+        except (KeyboardInterrupt, Interrupted, OSError) as error:
+            raise RunStopped(*progress.stopped(error)) from error
+
+
+def _start(cfg: Config, run_dir: Path, latest: Path | None, progress: Progress, log, hook) -> dict:
     spawner = start_spawner(cfg, run_dir, log)
+    if _terminating_on_sigterm:  # ray.init put its own SIGTERM handler (an abort) in place of ours
+        signal.signal(signal.SIGTERM, _terminate)
     log(f"run directory: {run_dir}")
     system = None
     try:
@@ -61,7 +80,8 @@ def run(cfg: Config, resume: bool = False, log=print, hook: Hook | None = None) 
         system = System(cfg, spawner, buffer_dir)
         for actor in system.wait_ready():
             log(f"  {actor['name']}: pid {actor['pid']}, {actor['device']}, {actor['threads']} threads")
-        return _train(cfg, run_dir, Trainer(cfg, run_dir, system, log, hook), latest, log)
+        trainer = progress.trainer = Trainer(cfg, run_dir, system, log, hook)
+        return _train(cfg, run_dir, trainer, latest, log)
     finally:
         if system is not None:
             system.shutdown()
@@ -69,10 +89,24 @@ def run(cfg: Config, resume: bool = False, log=print, hook: Hook | None = None) 
             spawner.shutdown()
 
 
+def _resume_point(run_dir: Path, wanted: str | None, log) -> Path:
+    try:
+        choice = checkpoint.choose(run_dir, wanted)
+    except checkpoint.CheckpointError as error:
+        raise SetupError(str(error)) from None
+    for line in choice.passed_over:
+        log(f"passed over checkpoint {line}")
+    if choice.passed_over:
+        log(f"resuming from {choice.path.name}, the newest intact checkpoint")
+    return choice.path
+
+
 def _train(cfg: Config, run_dir: Path, trainer: Trainer, latest: Path | None, log) -> dict:
     start = trainer.restore(latest) if latest is not None else 0
     if latest is not None:
-        checkpoint.discard_after(run_dir, start)
+        aside = checkpoint.set_aside_after(run_dir, start)
+        if aside is not None:
+            log(f"checkpoints newer than {latest.name} moved to {aside} (this run supersedes them)")
         log(f"resumed from {latest} (iteration {start}, policy version {trainer.published.version})")
     runlog = RunLog(run_dir, log, resume_iteration=start if latest is not None else None)
     record: dict = {}
@@ -84,11 +118,117 @@ def _train(cfg: Config, run_dir: Path, trainer: Trainer, latest: Path | None, lo
         for index in range(start + 1, cfg.train.iterations + 1):
             record = trainer.iteration(index)
             runlog.write(record)
-    finally:
-        table = runlog.close()
+    except BaseException:
+        runlog.close_after_failure()
+        raise
+    table = runlog.close()
     log(f"\nheld-out evaluation ({cfg.eval.episodes} episodes, {cfg.env.id}):\n{table}")
     log(f"summary: {run_dir / 'summary.md'}  curves: {run_dir / 'curves.png'}  tensorboard --logdir {run_dir / 'tb'}")
     return record
+
+
+class Interrupted(BaseException):
+    """SIGTERM (``kill``, ``ray job stop``) reached the launcher; like KeyboardInterrupt, no ``except
+    Exception`` (a role's failure handling) takes it for an error to recover from."""
+
+
+class Progress:
+    """The last good checkpoint while a run goes on, and the one line that ends a stopped run."""
+
+    def __init__(self, run_dir: Path, resumed_from: Path | None):
+        self.run_dir, self.resumed_from = run_dir, resumed_from
+        self.trainer: Trainer | None = None
+
+    def stopped(self, error: BaseException) -> tuple[str, str, int]:
+        """(message, what happened, exit status) for an interrupt or an I/O error."""
+        if isinstance(error, KeyboardInterrupt):
+            what, code = "interrupted (Ctrl-C)", 130
+        elif isinstance(error, Interrupted):
+            what, code = "terminated (SIGTERM)", 143
+        elif getattr(error, "filename", None):
+            what, code = f"cannot write or read {error.filename}: {error.strerror or error}", 1
+        else:
+            what, code = f"{type(error).__name__}: {error}", 1
+        last = self.trainer.last_checkpoint if self.trainer is not None else None
+        return stop_message(what, last or self.resumed_from, self.run_dir), what, code
+
+
+class RunFolder:
+    """A run folder owned by one live run: an exclusive lock (``flock`` on ``<run_dir>/.lock``) held
+    for the run's life and released by the OS however the process ends. The lock file names its
+    owner; an owner's name left behind says that run ended without cleaning up (killed)."""
+
+    LOCK = ".lock"
+
+    def __init__(self, run_dir: Path, log):
+        self.run_dir, self.log = run_dir, log
+        self._file = None
+        self._created = False
+        self._written: list[Path] = []
+
+    def __enter__(self) -> RunFolder:
+        self._created = not self.run_dir.exists()
+        while not self._lock():  # the lock file was removed under us (a run that failed to start): again
+            pass
+        previous = self._owner()
+        if previous is not None:
+            self.log(f"{self.run_dir}: the run that held it before ({previous}) ended without releasing it (killed?)")
+        self._file.seek(0)
+        self._file.truncate()
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        self._file.write(json.dumps(me | {"command": " ".join(sys.argv)}))
+        self._file.flush()
+        return self
+
+    def _lock(self) -> bool:
+        path = self.run_dir / self.LOCK
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._file = open(path, "a+")
+        except OSError as error:
+            raise SetupError(
+                f"run_dir {self.run_dir} cannot be used: {error.strerror}; set run_dir to a folder you can write"
+            ) from None
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = self._owner() or "its owner has not written its name yet"
+            self._file.close()
+            raise SetupError(
+                f"{self.run_dir} is in use by another run ({owner}). Wait for it to end or stop it, or set another "
+                "run_dir"
+            ) from None
+        if path.exists() and os.stat(path).st_ino == os.fstat(self._file.fileno()).st_ino:
+            return True
+        self._file.close()
+        return False
+
+    def write(self, name: str, text: str) -> None:
+        (self.run_dir / name).write_text(text)
+        self._written.append(self.run_dir / name)
+
+    def __exit__(self, kind, error, tb) -> None:
+        if isinstance(error, SetupError):  # nothing ran: leave the folder as it was found
+            for path in self._written:
+                path.unlink(missing_ok=True)
+            (self.run_dir / self.LOCK).unlink()  # while locked: a launch that opened it meanwhile opens anew
+            if self._created and not any(self.run_dir.iterdir()):
+                self.run_dir.rmdir()
+        self._file.seek(0)
+        self._file.truncate()  # an empty lock file: its last owner ended cleanly
+        fcntl.flock(self._file, fcntl.LOCK_UN)
+        self._file.close()
+
+    def _owner(self) -> str | None:
+        """Who the lock file names (a live owner, or one that was killed), or None (an empty file)."""
+        self._file.seek(0)
+        try:
+            owner = json.loads(self._file.read() or "null")
+        except ValueError:
+            owner = None
+        if not isinstance(owner, dict):
+            return None
+        return f"pid {owner.get('pid')} on {owner.get('host')}, started {owner.get('started')}: {owner.get('command')}"
 
 
 def preflight(cfg: Config) -> None:
@@ -158,19 +298,46 @@ def warm_start(cfg: Config, run_dir: Path, spawner: Spawner, log) -> Config:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Train a VLM agent with PPO and a merged-checkpoint teacher")
-    parser.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its latest checkpoint")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its newest intact checkpoint")
+    parser.add_argument("--checkpoint", metavar="NAME", help="with --resume: this checkpoint (e.g. iter-00000004)")
     args, cfg = _config(parser, argv)
+    if args.checkpoint is not None and args.resume is None:
+        parser.error("--checkpoint needs --resume RUN_DIR")
+    global _terminating_on_sigterm
+    previous, _terminating_on_sigterm = signal.signal(signal.SIGTERM, _terminate), True
     try:
-        run(cfg, resume=args.resume is not None)
+        run(cfg, resume=args.resume is not None, checkpoint_name=args.checkpoint)
     except SetupError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except RunStopped as error:
-        if error.__cause__ is not None:  # what failed, with its traceback (a Ray error's includes the actor's)
-            traceback.print_exception(error.__cause__, file=sys.stderr)
+        if error.__cause__ is not None and not _said_in_one_line(error):
+            traceback.print_exception(error.__cause__, file=sys.stderr)  # a Ray error's includes the actor's
         print(f"run stopped: {error}", file=sys.stderr)
-        return 1
+        return error.exit_code
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        _terminating_on_sigterm = False
     return 0
+
+
+def _said_in_one_line(error: BaseException) -> bool:
+    """An interrupt or an I/O error (in the driver or in a role): its message says all, no traceback."""
+    seen = []
+    while error is not None and error not in seen:
+        if isinstance(error, KeyboardInterrupt | Interrupted | OSError):
+            return True
+        seen.append(error)
+        error = error.__cause__ or getattr(error, "cause", None)  # a RayTaskError's cause is the role's error
+    return False
+
+
+_terminating_on_sigterm = False  # main() turns SIGTERM into Interrupted (a library caller keeps its own)
+
+
+def _terminate(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one is enough: the run is stopping
+    raise Interrupted()
 
 
 def _config(parser: argparse.ArgumentParser, argv) -> tuple[argparse.Namespace, Config]:

@@ -4,11 +4,13 @@ Each role (cluster/roles.py) becomes one actor, named ``rollout-<i>``, ``learner
 (a restarted one gets ``-r<n>``) in the run's namespace, so the dashboard shows who is who. Its
 resources are ``cluster.<role>.num_cpus`` / ``num_gpus``; an actor with GPUs runs on ``cuda``
 (Ray sets which device it sees: no index is chosen here), one without on the CPU.
-Every Ray port stays on 127.0.0.1 (DESIGN.md section 5), token auth and usage stats are off.
+Every Ray port stays on 127.0.0.1 (DESIGN.md section 5), token auth and usage stats are off. A cluster
+started here is gone seconds after this process ends, however it ends, SIGKILL included (cluster/reaper.py).
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ for _key, _value in RAY_ENV.items():
 
 import ray  # noqa: E402  (the environment above must be set first)
 
+from cluster.reaper import Reaper  # noqa: E402
 from cluster.system import ActorDied, RoleFailed  # noqa: E402
 from configs import Config  # noqa: E402
 
@@ -76,6 +79,7 @@ class ClusterInfo:
     address: str
     dashboard_url: str
     started_here: bool  # a cluster this process started, and so stops
+    reaper: Reaper | None = None  # ends what Ray leaves of a cluster started here (cluster/reaper.py)
 
 
 def connect(cfg: Config, namespace: str, log: Callable[[str], None] = print) -> ClusterInfo:
@@ -88,24 +92,48 @@ def connect(cfg: Config, namespace: str, log: Callable[[str], None] = print) -> 
     if address:
         ctx = ray.init(address=address, namespace=namespace, log_to_driver=True)
         return ClusterInfo(address, ctx.dashboard_url or "", started_here=False)
-    cores, wanted = float(os.cpu_count() or 1), sum(d[1] for d in demands(cfg))
-    cpus = cfg.cluster.num_cpus or max(cores, wanted)
+    cores, wanted = os.cpu_count() or 1, sum(d[1] for d in demands(cfg))
+    cpus = int(cfg.cluster.num_cpus) or max(cores, math.ceil(wanted - 1e-9))  # a Ray node has whole CPUs
+    gpus = int(cfg.cluster.num_gpus) if cfg.cluster.num_gpus >= 0 else _visible_gpus()
+    check_resources(cfg, {"CPU": cpus, "GPU": gpus}, [{"CPU": cpus, "GPU": gpus}])  # before Ray starts
     if cpus > cores:
         log(f"ray: {cpus:g} logical CPUs on {cores:g} cores (the actors ask for {wanted:g}; they take turns)")
     kwargs: dict[str, Any] = {}
     if cfg.cluster.num_gpus >= 0:
-        kwargs["num_gpus"] = cfg.cluster.num_gpus
-    ctx = ray.init(
-        address="local",  # never a stale cluster from an earlier run (DESIGN.md section 5)
-        namespace=namespace,
-        num_cpus=cpus,
-        include_dashboard=cfg.cluster.dashboard,
-        dashboard_host="127.0.0.1",
-        dashboard_port=cfg.cluster.dashboard_port,
-        **kwargs,
-    )
+        kwargs["num_gpus"] = gpus
+    reaper = Reaper()  # however this process ends, its cluster is gone seconds later (cluster/reaper.py)
+    try:
+        ctx = ray.init(
+            address="local",  # never a stale cluster from an earlier run (DESIGN.md section 5)
+            namespace=namespace,
+            num_cpus=cpus,
+            include_dashboard=cfg.cluster.dashboard,
+            dashboard_host="127.0.0.1",
+            dashboard_port=cfg.cluster.dashboard_port,
+            **kwargs,
+        )
+    except BaseException:
+        reaper.reap()
+        raise
+    reaper.started()
     url = ctx.dashboard_url or ""
-    return ClusterInfo(ctx.address_info.get("gcs_address", ""), f"http://{url}" if url else "", started_here=True)
+    gcs = ctx.address_info.get("gcs_address", "")
+    return ClusterInfo(gcs, f"http://{url}" if url else "", started_here=True, reaper=reaper)
+
+
+def stop(cluster: ClusterInfo) -> None:
+    """Stop a cluster this process started, and end what Ray leaves of it; leave a joined one alone."""
+    if cluster.started_here:
+        ray.shutdown()
+    if cluster.reaper is not None:
+        cluster.reaper.reap()
+
+
+def _visible_gpus() -> int:
+    """The GPUs Ray will find on this machine (those CUDA_VISIBLE_DEVICES leaves)."""
+    import torch
+
+    return torch.cuda.device_count()
 
 
 def _dashboard_url() -> str:
@@ -186,8 +214,7 @@ class RaySpawner:
         return ray.get(task.remote(*args))
 
     def shutdown(self) -> None:
-        if self.cluster.started_here:
-            ray.shutdown()
+        stop(self.cluster)
 
 
 def start(cfg: Config, namespace: str, log: Callable[[str], None] = print) -> RaySpawner:
@@ -196,7 +223,6 @@ def start(cfg: Config, namespace: str, log: Callable[[str], None] = print) -> Ra
     try:
         check_resources(cfg, ray.cluster_resources(), cluster_nodes())
     except ResourceError:
-        if cluster.started_here:
-            ray.shutdown()
+        stop(cluster)
         raise
     return RaySpawner(cfg, namespace, cluster)

@@ -114,7 +114,7 @@ class RolloutRole:
         torch.save(self.worker.state_dict(), path)
 
     def load(self, path: str) -> None:
-        self.worker.load_state_dict(torch.load(path, weights_only=False))
+        self.worker.load_state_dict(read_state(path))
 
     def close(self) -> None:
         """Stop the engine's own processes (vLLM's), if it has any."""
@@ -167,7 +167,7 @@ class LearnerRole:
         torch.save(self.learner.state_dict() | {"replay": list(self.replay)}, path)
 
     def load(self, path: str) -> None:
-        state = torch.load(path, weights_only=False)
+        state = read_state(path)
         self.replay.clear()
         self.replay.extend(state.pop("replay"))
         self.learner.load_state_dict(state)
@@ -230,4 +230,12 @@ class TeacherRole:
         torch.save({"engine_rng": self.teacher.engine.get_rng_state()}, path)
 
     def load(self, path: str) -> None:
-        self.teacher.engine.set_rng_state(torch.load(path)["engine_rng"])
+        self.teacher.engine.set_rng_state(read_state(path)["engine_rng"])
+
+
+def read_state(path: str) -> dict:
+    """A role's saved state; a file that cannot be read is an error naming it."""
+    try:
+        return torch.load(path, weights_only=False)
+    except Exception as error:  # noqa: BLE001 - torch.load raises many kinds; all mean the same here
+        raise OSError(f"cannot load {path}: {type(error).__name__}: {error}") from error

@@ -58,6 +58,14 @@ class RunLog:
         plot_curves(records, self.run_dir / "curves.png")
         return table
 
+    def close_after_failure(self) -> None:
+        """``close`` for a run that is stopping: what can still be written is, and an error doing it (the
+        folder became unwritable, the disk is full) is a line in the log, not a second traceback."""
+        try:
+            self.close()
+        except OSError as error:
+            self.log(f"could not write the run's summary: {error}")
+
 
 def read_records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

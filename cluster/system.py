@@ -46,7 +46,12 @@ class RoleFailed(RoleError):
 
 
 class RunStopped(RuntimeError):
-    """The run cannot go on (the learner failed, restarts exhausted); the message says how to resume."""
+    """The run cannot go on (the learner failed, restarts exhausted, an interrupt); the message says how
+    to resume, ``what`` what happened; ``exit_code`` is the launcher's exit status."""
+
+    def __init__(self, message: str, what: str = "", exit_code: int = 1):
+        super().__init__(message)
+        self.what, self.exit_code = what or message, exit_code
 
 
 class Pending(Protocol):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +29,9 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         cfg = _merge(cfg, _read_yaml(Path(path)), f"config file {path}")
     if overrides:
         cfg = _merge(cfg, _parse_overrides(overrides), "command-line overrides")
+    for key, value in _numbers(cfg):
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}={value} is not a finite number; give it a finite value")
     try:
         return OmegaConf.to_object(cfg)
     except OmegaConfBaseException as error:
@@ -84,6 +88,15 @@ def _merge(cfg: DictConfig, other: DictConfig, source: str) -> DictConfig:
         return OmegaConf.merge(cfg, other)
     except OmegaConfBaseException as error:
         raise ConfigError(_describe(error, cfg, source)) from None
+
+
+def _numbers(node: DictConfig, prefix: str = ""):
+    """(dotted key, value) of every float in the config."""
+    for key, value in node.items():
+        if isinstance(value, DictConfig):
+            yield from _numbers(value, f"{prefix}{key}.")
+        elif isinstance(value, float):
+            yield f"{prefix}{key}", value
 
 
 def _describe(error: OmegaConfBaseException, cfg: DictConfig, source: str) -> str:

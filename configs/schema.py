@@ -21,6 +21,17 @@ def _positive(section: str, obj, keys) -> None:
             raise ValueError(f"{section}.{key} must be > 0, got {getattr(obj, key)}")
 
 
+def _at_least(section: str, obj, keys, low: float = 0) -> None:
+    for key in keys:
+        if getattr(obj, key) < low:
+            raise ValueError(f"{section}.{key} must be >= {low:g}, got {getattr(obj, key)}")
+
+
+def _within(key: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise ValueError(f"{key} must lie in [{low:g}, {high:g}], got {value}")
+
+
 def _choice(key: str, value, allowed) -> None:
     if value not in allowed:
         raise ValueError(f"{key}={value!r} is not allowed; choose one of: {', '.join(map(str, allowed))}")
@@ -105,6 +116,7 @@ class RolloutConfig:
     def __post_init__(self):
         _choice("rollout.invalid_action", self.invalid_action, ("random", "noop"))
         _positive("rollout", self, ("num_envs",))
+        _within("rollout.thought_weight", self.thought_weight, 0, 1)
 
 
 @dataclass
@@ -117,6 +129,8 @@ class EvalConfig:
 
     def __post_init__(self):
         _positive("eval", self, ("episodes", "num_envs"))
+        _at_least("eval", self, ("temperature",))
+        _at_least("eval", self, ("seed",), -1)
         _choice("eval.alfworld_split", self.alfworld_split, SPLITS)
 
 
@@ -140,9 +154,9 @@ class SFTConfig:
     threads: int = 0  # torch threads for SFT (0 = policy.threads)
 
     def __post_init__(self):
-        _positive("sft", self, ("steps", "batch_size"))
-        if self.lr <= 0 or self.minutes < 0 or self.threads < 0:
-            raise ValueError("sft.lr must be > 0, sft.minutes and sft.threads >= 0")
+        _positive("sft", self, ("steps", "batch_size", "lr", "grad_clip"))
+        _at_least("sft", self, ("minutes", "threads", "warmup_steps", "weight_decay", "eval_every"))
+        _within("sft.min_lr_ratio", self.min_lr_ratio, 0, 1)
 
 
 @dataclass
@@ -166,7 +180,10 @@ class LearnerConfig:
     gradient_checkpointing: bool = False
 
     def __post_init__(self):
-        _positive("learner", self, ("lr", "epochs", "minibatch_size", "micro_batch_size", "max_grad_norm"))
+        _positive("learner", self, ("lr", "adam_eps", "epochs", "minibatch_size", "micro_batch_size", "max_grad_norm"))
+        _positive("learner", self, ("clip", "value_clip"))
+        _at_least("learner", self, ("value_coef", "sft_coef"))
+        _within("learner.min_lr_ratio", self.min_lr_ratio, 0, 1)
         if not (0 <= self.gamma <= 1 and 0 <= self.gae_lambda <= 1):
             raise ValueError("learner.gamma and learner.gae_lambda must lie in [0, 1]")
 
@@ -193,6 +210,7 @@ class TeacherConfig:
         _choice("teacher.weights", self.weights, ("sma", "ema"))
         _choice("teacher.kl_estimator", self.kl_estimator, ("k1_clip", "abs", "k3"))
         _positive("teacher", self, ("merge_interval", "replay_size"))
+        _at_least("teacher", self, ("kl_coef", "max_checkpoints"))
         if not 0 < self.density <= 1 or not 0 < self.ema_alpha <= 1:
             raise ValueError("teacher.density and teacher.ema_alpha must lie in (0, 1]")
 
@@ -247,8 +265,14 @@ class ClusterConfig:
                 raise ValueError(f"cluster.{role}.num_cpus, num_gpus and threads must be >= 0")
             if res.num_gpus > 1 and res.num_gpus != int(res.num_gpus):
                 raise ValueError(f"cluster.{role}.num_gpus={res.num_gpus}: above 1 it must be a whole number")
-        if self.num_cpus < 0 or self.max_restarts < 0:
-            raise ValueError("cluster.num_cpus and cluster.max_restarts must be >= 0")
+        _at_least("cluster", self, ("num_cpus", "max_restarts"))
+        _at_least("cluster", self, ("num_gpus",), -1)
+        for key in ("num_cpus", "num_gpus"):  # what Ray starts a node with: whole numbers
+            if getattr(self, key) != int(getattr(self, key)):
+                raise ValueError(
+                    f"cluster.{key}={getattr(self, key)} must be a whole number (an actor's share may be 0.5)"
+                )
+        _within("cluster.dashboard_port", self.dashboard_port, 1, 65535)
 
 
 @dataclass
@@ -264,3 +288,7 @@ class Config:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+    def __post_init__(self):
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")

@@ -11,6 +11,10 @@ A plain class (no Ray). One ``update`` is the paper's learning phase (DESIGN.md 
    ``lambda * thought + action``, clipped value loss, plus for SFT guidance the cross-entropy of one
    replayed teacher label on its thought tokens; grad-norm clip; Adam with cosine decay.
 
+A non-finite loss or gradient norm stops the update before its optimizer step, and so do non-finite
+weights at its end (``NonFiniteError``): the run stops at its last good checkpoint instead of training
+on, or finishing, with NaN weights.
+
 Its randomness (minibatch order, LoRA dropout) comes from its own saved RNG state, so a learner
 restored from ``state_dict`` makes the very next update bit for bit (CPU).
 """
@@ -32,6 +36,10 @@ from learner.logprob import step_logprob
 from learner.policy_model import PolicyModel
 from learner.ppo_loss import explained_variance, policy_loss, value_loss
 from models.lora import LoraSettings
+
+
+class NonFiniteError(ArithmeticError):
+    """A loss, gradient norm or weight of the learner is NaN or infinite."""
 
 
 @dataclass
@@ -121,6 +129,7 @@ class Learner:
                 for key, value in mb.items():
                     totals[key] = totals.get(key, 0.0) + value
                 steps += 1
+        self._check_weights()
         stats = {f"losses/{k}": v / steps for k, v in totals.items()}
         stats |= {
             "losses/explained_variance": explained_variance(old_values, returns),
@@ -190,9 +199,20 @@ class Learner:
             (cfg.sft_coef * sft).backward()
             sums["sft"] = sft.item()
         sums["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.policy.trainable_parameters(), cfg.max_grad_norm))
+        if not all(math.isfinite(value) for value in sums.values()):
+            shown = ", ".join(f"{key} {value:.4g}" for key, value in sums.items() if key != "clip_fraction")
+            raise NonFiniteError(
+                f"non-finite PPO minibatch ({shown}); its optimizer step was not taken. "
+                "Lower learner.lr or learner.max_grad_norm, or look at the rewards and the teacher's KL"
+            )
         self.optimizer.step()
         self.scheduler.step()
         return sums
+
+    def _check_weights(self) -> None:
+        if not all(bool(torch.isfinite(p).all()) for p in self.policy.trainable_parameters()):
+            lr = self.scheduler.get_last_lr()[0]
+            raise NonFiniteError(f"the LoRA or value-head weights are no longer finite after an update at lr {lr:.3g}")
 
     def _sft_loss(self, label: SFTLabel) -> torch.Tensor:
         out, _ = self.policy.evaluate(self._encode([label.observation]), [label.token_ids], self.temperature)

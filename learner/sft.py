@@ -36,6 +36,7 @@ from configs import Config
 from configs.loader import parse_cli, to_yaml
 from configs.schema import SFTConfig
 from configs.settings import eval_sampling, eval_seed_base, lora_settings, rollout_settings
+from learner.learner import NonFiniteError
 from models import scoring
 from models.loading import load_vlm
 from models.lora import add_lora
@@ -136,6 +137,11 @@ class SFTTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.sft.grad_clip)
+        if not (math.isfinite(loss.item()) and math.isfinite(float(grad_norm))):
+            raise NonFiniteError(
+                f"SFT step: loss {loss.item():.4g}, gradient norm {float(grad_norm):.4g}; its optimizer step was "
+                "not taken. Lower sft.lr or sft.grad_clip"
+            )
         self.optimizer.step()
         self.scheduler.step()
         token_acc = ((out.logprobs > math.log(0.5)) & out.mask).sum() / out.mask.sum()

@@ -9,6 +9,8 @@ module (``safe_open``), so a merge over many large checkpoints never loads them 
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import re
@@ -21,6 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 _NAME = re.compile(r"adapter-(\d{8})\.safetensors$")
+_FICLONE = 0x40049409  # ioctl: share a file's blocks copy-on-write (btrfs, XFS)
 
 
 class CheckpointBuffer:
@@ -51,30 +54,27 @@ class CheckpointBuffer:
         return json.loads(side.read_text()) if side.is_file() else None
 
     def load(self, version: int) -> dict[str, torch.Tensor]:
-        with safe_open(str(self._path(version)), framework="pt") as f:
+        with _open(self._path(version)) as f:
             return {k: f.get_tensor(k) for k in f.keys()}
 
     def open_all(self, versions: list[int], stack: ExitStack) -> list:
         """Open handles on several checkpoints, closed with ``stack``."""
-        return [stack.enter_context(safe_open(str(self._path(v)), framework="pt")) for v in versions]
+        return [stack.enter_context(_open(self._path(v))) for v in versions]
 
     def files(self) -> list[Path]:
         return sorted(p for p in self.folder.iterdir() if p.name.startswith("adapter-") and not p.name.endswith(".tmp"))
 
-    def link_into(self, folder: Path) -> None:
-        """Hard-link (copy where links fail) every checkpoint into ``folder``: a run checkpoint's
-        snapshot of the buffer, free of copies, immune to later evictions."""
+    def copy_into(self, folder: Path) -> None:
+        """Copy every checkpoint into ``folder`` (a run checkpoint's snapshot of the buffer): copies of
+        their own, so that damage to one reaches neither the buffer nor another snapshot."""
         folder.mkdir(parents=True, exist_ok=True)
         for path in self.files():
-            try:
-                os.link(path, folder / path.name)
-            except OSError:
-                shutil.copy2(path, folder / path.name)
+            copy_file(path, folder / path.name)
 
     def replace_from(self, folder: Path) -> None:
         """Make the buffer hold exactly the checkpoints in ``folder`` (a resumed run)."""
         self.clear()
-        CheckpointBuffer(folder).link_into(self.folder)
+        CheckpointBuffer(folder).copy_into(self.folder)
 
     def clear(self) -> None:
         for path in self.files():
@@ -85,3 +85,24 @@ class CheckpointBuffer:
 
     def _thresholds_path(self, version: int) -> Path:
         return self.folder / f"adapter-{version:08d}.thresholds.json"
+
+
+def _open(path: Path):
+    """``safe_open`` on a checkpoint; a file that cannot be read is an error naming it."""
+    try:
+        return safe_open(str(path), framework="pt")
+    except Exception as error:  # noqa: BLE001 - safetensors' own error type is not importable by name
+        raise OSError(f"cannot read teacher checkpoint {path}: {error}") from error
+
+
+def copy_file(source: Path, target: Path) -> None:
+    """``target`` as an independent copy of ``source``: blocks shared copy-on-write where the filesystem
+    can (a later write to either is private to it), a full copy elsewhere; never a hard link."""
+    with open(source, "rb") as src, open(target, "wb") as dst:
+        try:
+            fcntl.ioctl(dst.fileno(), _FICLONE, src.fileno())
+            return
+        except OSError as error:
+            if error.errno not in (errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS):
+                raise
+        shutil.copyfileobj(src, dst, 16 << 20)

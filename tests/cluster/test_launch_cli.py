@@ -25,6 +25,20 @@ def test_bad_values_and_missing_model(capsys, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("learner.lr=nan", "learner.lr=nan is not a finite number"),
+        ("learner.lr=inf", "learner.lr=inf is not a finite number"),
+        ("eval.temperature=-1", "eval.temperature must be >= 0"),
+    ],
+)
+def test_non_finite_and_out_of_range_numbers_are_refused_at_load(capsys, tmp_path, override, message):
+    code, err = _exit([override, f"run_dir={tmp_path / 'run'}"], capsys)
+    assert code == 2 and message in err
+    assert not any(tmp_path.iterdir())
+
+
 def test_resume_takes_the_runs_own_config(capsys, tmp_path):
     code, err = _exit(["--resume", str(tmp_path), "--config", "configs/points24.yaml"], capsys)
     assert code == 2 and "uses the run's own config.yaml" in err
@@ -45,3 +59,21 @@ def test_vllm_engine_where_vllm_cannot_run_is_refused_before_anything_starts(cap
     assert launch.main(overrides) == 2  # Ray mode, GPU actors: the CPU build cannot serve them
     assert "the installed vLLM is the CPU build" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_resource_totals_are_checked_before_ray_starts_fractions_included(capsys, tmp_path, monkeypatch):
+    remote = pytest.importorskip("cluster.remote")
+    started = []
+    monkeypatch.setattr(remote.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(remote.ray, "init", lambda **kwargs: started.append(kwargs) or pytest.fail("Ray started"))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    halves = ["train.num_workers=3", *(f"cluster.{role}.num_cpus=0.5" for role in ("rollout", "learner", "teacher"))]
+    assert launch.main([*halves, "cluster.num_cpus=2", f"run_dir={tmp_path / 'run'}"]) == 2  # 2.5 CPUs asked
+    err = capsys.readouterr().err
+    assert "the actors ask for 2.5 CPUs in all (3 rollout actors x cluster.rollout.num_cpus=0.5" in err
+    assert "but the Ray cluster has 2" in err and not started and not any(tmp_path.iterdir())
+    # Without cluster.num_cpus the cluster gets what the actors ask for, rounded up to whole CPUs for Ray.
+    monkeypatch.setattr(remote.os, "cpu_count", lambda: 2)
+    with pytest.raises(pytest.fail.Exception):
+        remote.connect(launch.load_config(None, halves), "test", log=lambda _: None)
+    assert started[-1]["num_cpus"] == 3 and started[-1]["dashboard_host"] == "127.0.0.1"

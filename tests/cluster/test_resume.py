@@ -76,5 +76,5 @@ def test_resume_after_a_crash_mid_checkpoint_matches_the_uninterrupted_run(tmp_p
 
 
 def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
-    with pytest.raises(launch.SetupError, match="no complete checkpoint"):
+    with pytest.raises(launch.SetupError, match="holds no intact checkpoint to resume from"):
         launch.run(_config(tmp_path, "none"), resume=True, log=lambda *_: None)

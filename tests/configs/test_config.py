@@ -47,6 +47,18 @@ def test_yaml_then_overrides_win(tmp_path):
         (["sft.steps=0"], "sft.steps must be > 0"),
         (["policy.lora_dropout=1.5"], "policy.lora_dropout must be in [0, 1)"),
         (["policy.temprature=0.3"], "did you mean 'policy.temperature'?"),
+        (["learner.lr=inf"], "learner.lr=inf is not a finite number"),
+        (["learner.lr=nan"], "learner.lr=nan is not a finite number"),
+        (["cluster.rollout.num_cpus=-inf"], "cluster.rollout.num_cpus=-inf is not a finite number"),
+        (["eval.temperature=-1"], "eval.temperature must be >= 0, got -1"),
+        (["learner.min_lr_ratio=2"], "learner.min_lr_ratio must lie in [0, 1], got 2"),
+        (["learner.clip=0"], "learner.clip must be > 0"),
+        (["teacher.kl_coef=-0.5"], "teacher.kl_coef must be >= 0"),
+        (["rollout.thought_weight=1.5"], "rollout.thought_weight must lie in [0, 1]"),
+        (["sft.grad_clip=0"], "sft.grad_clip must be > 0"),
+        (["cluster.num_cpus=2.5"], "cluster.num_cpus=2.5 must be a whole number"),
+        (["cluster.dashboard_port=70000"], "cluster.dashboard_port must lie in [1, 65535]"),
+        (["seed=-3"], "seed must be >= 0"),
     ],
 )
 def test_bad_input_names_the_key(overrides, message):

@@ -7,7 +7,7 @@ from actors.engines.base import SamplingParams
 from actors.engines.hf import HFEngine
 from actors.rollout import RolloutSettings, RolloutWorker
 from configs import load_config
-from learner.learner import Learner, SFTLabel
+from learner.learner import Learner, NonFiniteError, SFTLabel
 from learner.logprob import step_logprob
 from learner.ppo_loss import policy_loss, value_loss
 from models.lora import LoraSettings
@@ -91,6 +91,22 @@ def test_kl_penalty_shifts_advantages_and_sft_labels_add_a_loss():
     label = SFTLabel(t.observation, t.response_ids, [True] * len(t.response_ids))
     assert "losses/sft" in learner.update([batch], sft_labels=[label])
     assert plain.shape == (batch.env_steps,)
+
+
+def test_a_non_finite_loss_or_weight_stops_the_update():
+    batch = _batch()
+    learner = _learner()
+    before = {n: p.detach().clone() for n, p in learner.policy.named_parameters()}
+    with pytest.raises(NonFiniteError, match="non-finite PPO minibatch .*policy nan.*step was not taken"):
+        learner.update([batch], kl=[float("nan")] * batch.env_steps)  # a NaN penalty: NaN advantages
+    assert all(torch.equal(p, before[n]) for n, p in learner.policy.named_parameters())
+    with pytest.raises(NonFiniteError):
+        _learner(lr=3e37).update([batch])  # a finite rate, but Adam steps of about 3e38 overflow float32
+    learner = _learner(epochs=1, minibatch_size=12)  # one optimizer step, which leaves a weight infinite
+    step = learner.optimizer.step
+    learner.optimizer.step = lambda: (step(), learner.policy.trainable_parameters()[0].data.fill_(float("inf")))
+    with pytest.raises(NonFiniteError, match="weights are no longer finite"):
+        learner.update([batch])
 
 
 def test_format_reward_is_added_after_gae():

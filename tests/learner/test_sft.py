@@ -104,3 +104,15 @@ def test_vision_tower_is_frozen_by_default(tmp_path):
         trainer.step([next(stream) for _ in range(4)])
         changed = [n for n, p in trainer.model.named_parameters() if "visual" in n and not torch.equal(p, before[n])]
         assert (not changed) if freeze else changed
+
+
+def test_a_non_finite_step_stops_sft_before_its_optimizer_step(tmp_path):
+    from learner.learner import NonFiniteError
+
+    trainer = sft.SFTTrainer(_cfg(tmp_path, "sft.steps=4"))
+    demos = [next(sft.demonstrations(trainer.cfg, set())) for _ in range(2)]
+    trainer.model.model.language_model.norm.weight.data[0] = float("nan")  # every log-prob becomes NaN
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    with pytest.raises(NonFiniteError, match="SFT step: loss nan.*not taken. Lower sft.lr"):
+        trainer.step(demos)
+    assert all(torch.equal(p.nan_to_num(), before[n].nan_to_num()) for n, p in trainer.model.named_parameters())

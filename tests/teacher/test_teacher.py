@@ -141,3 +141,16 @@ def test_a_teacher_on_cuda_merges_there_to_the_cpu_teachers_weights(tmp_path):
         assert other.device.type == "cuda"
         # Entries within round-off of a trim threshold may be kept on one device only.
         assert torch.isclose(other.cpu(), weight, atol=1e-4).float().mean() > 0.999, name
+
+
+def test_a_damaged_buffer_file_is_an_error_naming_it_and_copies_are_independent(tmp_path):
+    from teacher.buffer import CheckpointBuffer
+
+    buffer = CheckpointBuffer(tmp_path / "buffer")
+    buffer.add(1, _adapter(0))
+    buffer.copy_into(tmp_path / "snapshot")
+    damaged = tmp_path / "buffer" / "adapter-00000001.safetensors"
+    damaged.write_bytes(b"\0" * 4)
+    with pytest.raises(OSError, match=f"cannot read teacher checkpoint {damaged}: "):
+        buffer.load(1)
+    assert set(CheckpointBuffer(tmp_path / "snapshot").load(1)) == set(_adapter(0))  # the copy is whole

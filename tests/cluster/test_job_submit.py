@@ -17,6 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from cluster.reaper import alive
 from cluster.remote import RAY_ENV
 from tests.cluster.tiny import RAY, TINY
 
@@ -57,13 +58,6 @@ def _wait_for_dashboard(head: subprocess.Popen, port: int, log: Path) -> None:
         except OSError:
             assert head.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.5)
-
-
-def _alive(process: psutil.Process) -> bool:
-    try:
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def _listening(processes) -> set[tuple[str, str, int]]:
@@ -121,12 +115,12 @@ def test_readme_head_and_job_submit_as_written(tmp_path):
         assert all(address in LOOPBACK for _, address, _ in sockets), sorted(s for s in sockets if s[1] not in LOOPBACK)
         print(f"{len(sockets)} listening sockets of {len(seen)} processes, all on 127.0.0.1")
         _stop(head, seen)
-        assert not [p for p in seen if _alive(p)], "Ctrl-C should stop the whole cluster"
+        assert not [p for p in seen if alive(p)], "Ctrl-C should stop the whole cluster"
     finally:  # this cluster's processes only: never `ray stop`, which ends every Ray cluster on the machine
         seen |= _tree(head)
         _stop(head, seen)
         for process in seen:
-            if _alive(process):
+            if alive(process):
                 process.kill()
 
 
@@ -145,5 +139,5 @@ def _stop(head: subprocess.Popen, processes: set[psutil.Process]) -> None:
     except subprocess.TimeoutExpired:
         head.kill()
     deadline = time.monotonic() + 15
-    while any(_alive(p) for p in processes) and time.monotonic() < deadline:
+    while any(alive(p) for p in processes) and time.monotonic() < deadline:
         time.sleep(0.2)

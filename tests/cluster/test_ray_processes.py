@@ -13,6 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from cluster.reaper import alive
 from tests.cluster.tiny import RAY, TINY
 
 ray = pytest.importorskip("ray")
@@ -25,13 +26,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _alive(process: psutil.Process) -> bool:
-    try:
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def _describe(processes) -> str:
@@ -74,16 +68,16 @@ def _kill_and_wait(launcher: subprocess.Popen, processes) -> tuple[float, list[p
     launcher.kill()
     launcher.wait()
     began = time.monotonic()
-    left = [p for p in processes if _alive(p)]
+    left = [p for p in processes if alive(p)]
     while left and time.monotonic() - began < GONE_WITHIN_S:
         time.sleep(0.2)
-        left = [p for p in left if _alive(p)]
+        left = [p for p in left if alive(p)]
     return time.monotonic() - began, left
 
 
 @pytest.mark.parametrize("dashboard", [True, False], ids=["dashboard", "no-dashboard"])
 def test_cluster_is_gone_seconds_after_sigkill_of_the_launcher(cluster, tmp_path, dashboard):
-    bystanders = [p for p in psutil.Process().children(recursive=True) if _alive(p)]  # the fixture's cluster
+    bystanders = [p for p in psutil.Process().children(recursive=True) if alive(p)]  # the fixture's cluster
     port = _free_port()
     launcher, seen = _launch_until_training(
         tmp_path / "run", f"cluster.dashboard={str(dashboard).lower()}", f"cluster.dashboard_port={port}"
@@ -109,12 +103,12 @@ def test_cluster_is_gone_seconds_after_sigkill_of_the_launcher(cluster, tmp_path
         assert not left, f"alive {GONE_WITHIN_S:g} s after the launcher's SIGKILL:\n{_describe(left)}"
         print(f"{len(seen)} processes, all gone {took:.1f} s after the SIGKILL")
         # Another cluster on the machine (this process's) is untouched.
-        assert all(_alive(p) for p in bystanders), _describe(p for p in bystanders if not _alive(p))
+        assert all(alive(p) for p in bystanders), _describe(p for p in bystanders if not alive(p))
         assert ray.get(ray.remote(lambda: os.getpid()).options(num_cpus=0).remote()) != os.getpid()
     finally:
         launcher.kill()
         for process in seen:
-            if _alive(process):
+            if alive(process):
                 process.kill()  # never leave a test's processes behind, even when it failed
 
 
@@ -147,12 +141,12 @@ def test_shutdown_leaves_nothing(tmp_path):
             assert driver.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
             seen |= set(psutil.Process(driver.pid).children(recursive=True))
             time.sleep(0.2)
-        left = [p for p in seen if _alive(p)]
+        left = [p for p in seen if alive(p)]
         assert "a task ran in" in log.read_text() and len(seen) > 5 and not left, _describe(left)
     finally:
         driver.kill()
         for process in seen:
-            if _alive(process):
+            if alive(process):
                 process.kill()
 
 
@@ -168,11 +162,11 @@ def test_sigterm_of_the_launcher_ends_in_one_line_and_its_cluster_is_gone(tmp_pa
         assert lines[-1].startswith("run stopped: terminated (SIGTERM). Last good checkpoint: ")
         assert lines[-1].endswith(f"Resume with: python -m cluster.launch --resume {run_dir}")
         deadline = time.monotonic() + GONE_WITHIN_S
-        while (left := [p for p in seen if _alive(p)]) and time.monotonic() < deadline:
+        while (left := [p for p in seen if alive(p)]) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not left, _describe(left)
     finally:
         launcher.kill()
         for process in seen:
-            if _alive(process):
+            if alive(process):
                 process.kill()

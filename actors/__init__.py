@@ -1,1 +1,1 @@
-"""Rollout side: RolloutWorker (vectorised envs + policy engine), engines, prompts and parsing. Arrives with issue 3."""
+"""Rollout side: RolloutWorker steps K envs with one batched generate per step and returns a Batch."""

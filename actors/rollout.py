@@ -7,6 +7,9 @@ seeds (disjoint from every training seed) greedily or at a set temperature.
 
 Seeds: env ``i`` of worker ``w`` starts from ``train_seed(seed, w, i)`` (< 2**31) and continues its
 own RNG across resets; evaluation episode ``j`` uses ``eval_seed(seed, j)`` (>= 2**31).
+
+An env whose ``reset`` or ``step`` raises is reported as ``EnvCrashed`` (its own error chained), which
+cluster/ takes for an infrastructure failure: the rollout actor is replaced, the run goes on (issue 16).
 """
 
 from __future__ import annotations
@@ -21,10 +24,11 @@ import numpy as np
 import torch
 
 import envs
-from actors.engines.base import Generation, PolicyEngine, PromptInput, SamplingParams
-from actors.prompts import PromptSpec, prompt_text, spec_for
-from actors.trajectory import Batch, EpisodeStats, Observation, Transition
-from learner.logprob import step_logprob
+from core.answer import PromptSpec
+from core.batch import Batch, EpisodeStats, Observation, Transition
+from core.logprob import step_logprob
+from envs.tasks import prompt_text, shows_image, spec_for
+from models.engines.base import Generation, PolicyEngine, PromptInput, SamplingParams
 
 EVAL_SEED_BASE = 2**31
 INVALID_ACTIONS = ("random", "noop")
@@ -36,6 +40,11 @@ def train_seed(seed: int, worker: int, env_index: int) -> int:
 
 def eval_seed(seed: int, episode: int) -> int:
     return EVAL_SEED_BASE + (seed * 1_000_003 + episode) % EVAL_SEED_BASE
+
+
+class EnvCrashed(RuntimeError):
+    """An env's ``reset`` or ``step`` raised (a simulator such as ALFWorld's TextWorld that broke); the
+    worker's envs can no longer be trusted mid-episode."""
 
 
 @dataclass(frozen=True)
@@ -59,8 +68,17 @@ class _EnvSlot:
         self.seed: int | None = None
 
     def start(self, seed: int | None) -> None:
-        self.obs, self.info = self.env.reset(seed=seed)
+        self.obs, self.info = self._env("reset", seed=seed)
         self.ret, self.length, self.valid, self.seed = 0.0, 0, 0, seed
+
+    def step(self, action: int | str) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        return self._env("step", action)
+
+    def _env(self, method: str, *args, **kwargs):
+        try:
+            return getattr(self.env, method)(*args, **kwargs)
+        except Exception as error:
+            raise EnvCrashed(f"env {self.index} crashed in {method}: {type(error).__name__}: {error}") from error
 
 
 class RolloutWorker:
@@ -81,7 +99,7 @@ class RolloutWorker:
         self.env_cfg, self.engine, self.settings = env_cfg, engine, settings
         self.eval_env_cfg = eval_env_cfg or env_cfg  # e.g. ALFWorld: train split vs valid_unseen
         self.seed, self.worker_index = seed, worker_index
-        self.with_image = env_cfg.obs_mode == "image" and env_cfg.id != envs.ALFWORLD
+        self.with_image = shows_image(env_cfg)
         self.rng = np.random.default_rng([seed, worker_index])  # fallback actions only
         self._slots: list[_EnvSlot] = []  # training envs, made on the first sample()
         self._eval_slots: list[_EnvSlot] = []
@@ -198,7 +216,7 @@ class RolloutWorker:
         parsed = gen.parsed
         recovered = parsed.action is not None
         action = parsed.action if recovered else self._fallback(slot, rng)
-        slot.obs, reward, terminated, truncated, info = slot.env.step(action)
+        slot.obs, reward, terminated, truncated, info = slot.step(action)
         slot.info = info
         slot.ret += reward
         slot.length += 1

@@ -27,13 +27,13 @@ import time
 
 import torch
 
-from actors.engines.base import SamplingParams
-from actors.engines.hf import HFEngine
 from actors.rollout import RolloutSettings, RolloutWorker
 from bench import iteration
 from bench.rollout import measure as measure_rollout
 from configs import load_config
 from configs.schema import TeacherConfig
+from models.engines.base import SamplingParams
+from models.engines.hf import HFEngine
 from models.lora import LoraSettings, lora_target_modules, random_adapter
 
 PUBLISHED_SECONDS_PER_STEP = 10.0  # the published GTR code at 7B, one env, batch-1 generate

@@ -8,7 +8,8 @@ and one warm-up iteration runs; then ``--iterations`` timed iterations of every 
 evaluation). The table gives the median seconds per phase and per iteration, and each mode's ratio to
 plain PPO's. Target (issue 4): kl / none
 at most 1.15 (the paper: 89 h against 86 h). The KL costs one teacher forward over the sampled steps
-and one re-merge per iteration; SFT guidance costs a teacher generation per step.
+and one re-merge per iteration (local mode: inside ``merge_send``); SFT guidance costs a teacher
+generation per step.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from cluster.driver import Trainer, default_buffer_dir
 from cluster.system import LocalSpawner, System
 from configs import load_config
 
-PHASES = ("sample", "merge", "score", "learn", "publish")
+PHASES = ("sample", "merge_wait", "score", "learn", "publish", "merge_send")  # cluster/driver.py names them
 
 
 def main() -> None:

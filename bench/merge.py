@@ -69,8 +69,8 @@ def _median_seconds(fn, repeats: int) -> float:
 
 
 def run_case(case: str, k: int, repeats: int) -> dict:
+    from core.ties import sma_weights, trim_threshold
     from teacher.merge import merge_module
-    from teacher.ties import sma_weights, trim_threshold
 
     modules = _factors(case, k)
     weights = sma_weights(k)

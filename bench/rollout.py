@@ -27,10 +27,10 @@ import time
 
 import torch
 
-from actors.engines.base import SamplingParams
-from actors.engines.hf import HFEngine
 from actors.rollout import RolloutSettings, RolloutWorker
 from configs import load_config
+from models.engines.base import SamplingParams
+from models.engines.hf import HFEngine
 from models.loading import load_vlm
 from models.lora import LoraSettings, random_adapter
 
@@ -78,8 +78,8 @@ def build(name: str, model: str, lora: LoraSettings, threads: int):
     """``vllm-stock``: vLLM with its own CPU LoRA ops, not our one-adapter matmul (vllm_cpu_lora.py)."""
     if name == "hf":
         return HFEngine(model, lora)
-    from actors.engines.vllm import VLLMEngine
-    from actors.engines.vllm_plugin import FAST_CPU_LORA
+    from models.engines.vllm import VLLMEngine
+    from models.engines.vllm_plugin import FAST_CPU_LORA
 
     cores = ",".join(str(c) for c in range(threads))  # the same cores as the transformers engine's threads
     before = os.environ.get(FAST_CPU_LORA)

@@ -1,2 +1,2 @@
-"""The Ray layer: launch (entry point), driver (single-controller loop), remote (the only ray.remote
-wrappers). Arrives with issue 5."""
+"""The top layer: the driver (Algorithm 1), the roles it drives, Ray (remote.py: the only ray.remote
+wrappers), run folders and checkpoints, and the command lines (launch, sft, experiment, demo)."""

@@ -3,12 +3,14 @@
     python -m cluster.experiment configs/experiments/ezpoints_main.yaml [--only kl,ppo] [--parallel 2]
                                                                          [--results-only]
 
-1. The SFT warm start runs once (``python -m learner.sft`` on the base config); every run starts from
+1. The SFT warm start runs once (``python -m cluster.sft`` on the base config); every run starts from
    its checkpoint, and its held-out evaluation is every run's point at env step 0.
 2. Every (run, seed) is ``python -m cluster.launch`` in a subprocess with the base config, the
    experiment's overrides, the run's overrides and ``seed=<k>``; all runs evaluate on the same held-out
    episodes (``eval.seed``), and all share the base config's env-step budget (iterations x rounds x
-   envs x workers; an override that changes it is refused). ``parallel`` runs go side by side (one per
+   envs x workers; an override that changes it is refused). Every run sets ``teacher.required=true``
+   unless the base config or an override sets it: a run whose teacher failed stops rather than train on
+   without guidance, which would blur the comparison. ``parallel`` runs go side by side (one per
    core here). A run that finished before (its summary.md exists) is not run again, so an interrupted
    experiment continues where it stopped; its log is ``<output>/<run>/seed<k>/launch.log``.
 3. ``<output>/<name>.md`` (final held-out success and return, mean and spread over seeds, the merged
@@ -73,16 +75,17 @@ def env_steps(cfg) -> int:
 
 def plan(spec: ExperimentSpec, output: Path) -> tuple[list[str], list[Job]]:
     """The warm start's command and every run's, each config checked before anything starts."""
-    base = [*(["--config", spec.base] if spec.base else []), *spec.overrides]
+    config = ["--config", spec.base] if spec.base else []
+    base = [*config, *spec.overrides]
     common = [f"eval.seed={spec.eval_seed}"]
     start = output / "warm_start"
     warm = [*base, *common, f"seed={spec.eval_seed}", f"run_dir={start}", f"sft.output={start / 'checkpoint'}"]
     budget = env_steps(_load(base + common))
-    jobs = []
+    jobs, required = [], _teacher_required(spec)
     for run, overrides in spec.runs.items():
         for seed in spec.seeds:
             folder = output / run / f"seed{seed}"
-            argv = [*base, *overrides, *common, f"seed={seed}", f"run_dir={folder}"]
+            argv = [*config, *required, *spec.overrides, *overrides, *common, f"seed={seed}", f"run_dir={folder}"]
             argv += [f"policy.path={start / 'checkpoint'}", "train.warm_start=none", "train.eval_before=false"]
             cfg = _load(argv)
             if env_steps(cfg) != budget:
@@ -90,6 +93,14 @@ def plan(spec: ExperimentSpec, output: Path) -> tuple[list[str], list[Job]]:
                 raise ConfigError(f"run {run} trains {steps} env steps, the experiment {budget}: keep one budget")
             jobs.append(Job(run, seed, folder, argv))
     return warm, jobs
+
+
+def _teacher_required(spec: ExperimentSpec) -> list[str]:
+    """``teacher.required=true``, placed before every override (a later one wins), unless the base config
+    sets the key itself."""
+    if spec.base and OmegaConf.select(OmegaConf.load(spec.base), "teacher.required") is not None:
+        return []
+    return ["teacher.required=true"]
 
 
 def _load(argv: list[str]):
@@ -104,7 +115,7 @@ def run_all(spec: ExperimentSpec, output: Path, only: set[str] | None, log=print
     checkpoint = output / "warm_start" / "checkpoint"
     if not (checkpoint / "config.json").is_file():
         log(f"warm start -> {checkpoint}")
-        _run([sys.executable, "-m", "learner.sft", *warm], output / "warm_start.log")
+        _run([sys.executable, "-m", "cluster.sft", *warm], output / "warm_start.log")
     todo = [j for j in jobs if (only is None or j.run in only) and not (j.folder / "summary.md").is_file()]
     log(f"{len(todo)} runs to go ({len(jobs)} in the grid), {spec.parallel} at a time")
     running: list[tuple[Job, subprocess.Popen, float]] = []

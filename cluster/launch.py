@@ -12,7 +12,8 @@ process, without Ray. The run folder is locked for the run's life (one run per f
 continues from the newest checkpoint that verifies (cluster/checkpoint.py).
 
 Exit status: 0 done; 1 the run stopped (a failure, a non-finite update, an I/O error); 130 Ctrl-C; 143
-SIGTERM; each of these ends with one line naming the last good checkpoint and the resume command; 2 bad
+SIGTERM; each of these ends with one line naming the last good checkpoint and the resume command, and a
+failure inside a role (a programming error, restarts used up) prints the role's traceback above it; 2 bad
 config, model path, resources or run folder (nothing was started).
 """
 
@@ -33,8 +34,9 @@ from pathlib import Path
 import torch
 
 from cluster import checkpoint
-from cluster.driver import Hook, Trainer, default_buffer_dir, restore_teacher_buffer, stop_message
+from cluster.driver import Hook, Trainer, default_buffer_dir, restore_teacher_buffer
 from cluster.runlog import RunLog
+from cluster.supervisor import stop_message
 from cluster.system import LocalSpawner, RunStopped, Spawner, System, local_device
 from configs import Config, ConfigError, load_config
 from configs.loader import parse_cli, to_yaml
@@ -238,7 +240,7 @@ def preflight(cfg: Config) -> None:
     except (FileNotFoundError, ValueError) as error:
         raise SetupError(f"policy.path: {error}") from None
     if cfg.policy.engine == "vllm":
-        from actors.engines.vllm import VLLMUnavailable, check_available
+        from models.engines.vllm import VLLMUnavailable, check_available
 
         ray = cfg.cluster.mode == "ray"
         device = ("cuda" if cfg.cluster.rollout.num_gpus > 0 else "cpu") if ray else local_device(cfg, "rollout")
@@ -272,7 +274,7 @@ def start_spawner(cfg: Config, run_dir: Path, log) -> Spawner:
 
 
 def _sft_warm_start(cfg: Config) -> str:
-    from learner import sft
+    from cluster import sft
 
     sft.run(cfg, evaluate_at_end=False)
     return cfg.sft.output

@@ -6,18 +6,20 @@
   and rollout actor restarts;
 - ``losses/``: the learner's (policy, value, entropy, clip fraction, approx KL, grad norm, lr, ...);
 - ``teacher/``: KL penalty, merge time, checkpoints in the buffer, merged version, SFT labels, restarts,
-  and ``teacher/skipped`` (1 when the iteration ran without guidance because the teacher was down);
+  ``teacher/skipped`` (1 when the iteration ran without guidance because the teacher was being rebuilt) and
+  ``teacher/unguided_iterations`` (how many such iterations so far);
 - ``eval/``: held-out episodes of the student, and ``eval/teacher_*`` of the merged teacher as a policy;
-- ``time/``: seconds per phase (PHASES) and per iteration.
+- ``time/``: seconds per phase (PHASES; ``merge_wait`` and ``merge_send`` are explained in cluster/driver.py)
+  and per iteration.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from actors.trajectory import Transition
+from core.batch import Transition
 
-PHASES = ("sample", "merge", "score", "learn", "publish", "eval", "checkpoint")
+PHASES = ("sample", "merge_wait", "score", "learn", "publish", "merge_send", "eval", "checkpoint")
 
 
 def iteration_record(

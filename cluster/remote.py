@@ -27,7 +27,7 @@ for _key, _value in RAY_ENV.items():
 import ray  # noqa: E402  (the environment above must be set first)
 
 from cluster.reaper import Reaper  # noqa: E402
-from cluster.system import ActorDied, RoleFailed  # noqa: E402
+from cluster.system import ActorDied, RoleFailed, infrastructure  # noqa: E402
 from configs import Config  # noqa: E402
 
 ROLES = ("rollout", "learner", "teacher")
@@ -148,6 +148,17 @@ def cluster_nodes() -> list[dict[str, float]]:
     return [node["Resources"] for node in ray.nodes() if node.get("Alive")]
 
 
+# Ray's own errors for a process, node or object that is gone: what ``result`` reports as the actor's death.
+ACTOR_GONE = (
+    ray.exceptions.RayActorError,  # ActorDiedError, ActorUnavailableError
+    ray.exceptions.WorkerCrashedError,
+    ray.exceptions.NodeDiedError,
+    ray.exceptions.LocalRayletDiedError,
+    ray.exceptions.ObjectLostError,  # OwnerDiedError, ObjectReconstructionFailedError, ...
+    ray.exceptions.OutOfMemoryError,  # the memory monitor killed the worker
+)
+
+
 class RayPending:
     def __init__(self, name: str, method: str, ref: ray.ObjectRef):
         self.name, self.method, self._ref = name, method, ref
@@ -157,13 +168,16 @@ class RayPending:
         return self._ref
 
     def result(self) -> Any:
+        """The value; ``ActorDied`` for a process that is gone, ``RoleFailed`` for a method that raised inside a
+        live actor, classified by the original error (the RayTaskError's ``cause``, whose traceback it holds)."""
         try:
             return ray.get(self._ref)
-        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as error:
-            raise ActorDied(self.name, type(error).__name__) from error
-        except ray.exceptions.RayTaskError as error:  # the method raised inside a live actor
+        except ACTOR_GONE as error:
+            raise ActorDied(self.name, type(error).__name__, self.method) from error
+        except ray.exceptions.RayTaskError as error:
             cause = error.cause if isinstance(error.cause, BaseException) else str(error)
-            raise RoleFailed(self.name, self.method, cause) from error
+            gone = isinstance(cause, ACTOR_GONE)  # an argument's producer died, say
+            raise RoleFailed(self.name, self.method, cause, recoverable=gone or infrastructure(cause)) from error
 
     def ready(self) -> bool:
         return bool(ray.wait([self._ref], timeout=0)[0])

@@ -22,14 +22,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from actors.engines.hf import HFEngine
-from actors.prompts import spec_for
 from actors.rollout import RolloutWorker
-from actors.trajectory import Batch, EpisodeStats
+from cluster.settings import eval_env_config, eval_sampling, eval_seed_base, lora_settings, rollout_settings, sampling
 from configs import Config
-from configs.settings import eval_sampling, eval_seed_base, lora_settings, rollout_settings, sampling
-from learner.learner import Learner, SFTLabel
-from learner.sft import eval_env_config
+from core.batch import Batch, EpisodeStats, SFTLabel
+from envs.tasks import spec_for
+from learner.learner import Learner
+from models.engines.hf import HFEngine
 from teacher.guidance import kl_penalties, sft_labels
 from teacher.teacher import Teacher
 
@@ -49,7 +48,7 @@ def make_engine(cfg: Config, device: str, seed: int, index: int = 0):
     CUDA build on a GPU)."""
     p = cfg.policy
     if p.engine == "vllm":
-        from actors.engines.vllm import VLLMEngine
+        from models.engines.vllm import VLLMEngine
 
         return VLLMEngine(
             p.path,

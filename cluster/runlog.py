@@ -4,7 +4,8 @@ of the training curves and a markdown summary.
     <run_dir>/metrics.jsonl   one JSON object per record (iteration 0 = the evaluation before training)
     <run_dir>/tb/             TensorBoard events: tensorboard --logdir <run_dir>/tb
     <run_dir>/curves.png      success, return, losses and time per phase against env steps
-    <run_dir>/summary.md      the evaluation table and the start-vs-end table
+    <run_dir>/summary.md      the evaluation table, the start-vs-end table, and how many iterations ran
+                              without the teacher's guidance (it was being rebuilt), when any did
 
 A resumed run keeps the records up to its checkpoint and drops the rest (TensorBoard: purge_step).
 tensorboard and matplotlib are imported lazily (STYLE.md 13); without them those outputs are skipped.
@@ -56,6 +57,9 @@ class RunLog:
         table = start_end_table(records)
         (self.run_dir / "summary.md").write_text(summary_markdown(self.run_dir, records, table))
         plot_curves(records, self.run_dir / "curves.png")
+        unguided = unguided_line(records)
+        if unguided:
+            self.log(unguided)
         return table
 
     def close_after_failure(self) -> None:
@@ -110,8 +114,21 @@ def _cell(value, key: str) -> str:
     return f"{value:.2f}" if key == "return" else f"{100 * value:.1f} %"
 
 
+def unguided_line(records: list[dict]) -> str:
+    """ "N of M iterations ran without guidance (...)" when N > 0, else "" (STYLE.md 17: never silent)."""
+    trained = [r for r in records if r.get("iteration", 0) > 0]
+    unguided = int(sum(r.get("teacher/skipped", 0) for r in trained))
+    if not unguided:
+        return ""
+    return (
+        f"{unguided} of {len(trained)} iterations ran without guidance (teacher rebuilding); "
+        "teacher.required=true stops the run instead"
+    )
+
+
 def summary_markdown(run_dir: Path, records: list[dict], table: str) -> str:
     trained = [r for r in records if r.get("iteration", 0) > 0]
+    unguided = unguided_line(records)
     last = trained[-1] if trained else {}
     seconds = sum(r.get("time/iteration", 0.0) for r in trained)
     lines = [
@@ -123,6 +140,7 @@ def summary_markdown(run_dir: Path, records: list[dict], table: str) -> str:
         f"- rollout actor restarts: {int(last.get('rollout/restarts', 0))}, teacher restarts: "
         f"{int(last.get('teacher/restarts', 0))}, iterations without guidance: "
         f"{int(sum(r.get('teacher/skipped', 0) for r in trained))}",
+        *([f"- **{unguided}**"] if unguided else []),
         "",
         "## Start and end (held-out episodes)",
         "",

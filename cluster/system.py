@@ -1,14 +1,19 @@
 """The running roles of a run and how the driver calls them, the same way in local and Ray mode.
 
-The driver never touches Ray: it calls ``handle.call(method, *args)`` and gets a ``Pending`` whose
-``result()`` waits for the value and whose ``ref`` can be passed on as another call's argument
-(in Ray mode an ObjectRef, so a value produced by one actor reaches another through the object
-store without passing through the driver; in local mode the value itself). A Ray actor that dies
-makes ``result()`` raise ``ActorDied``; local mode has no actor to lose.
+A role is called through its ``Handle``: ``handle.call(method, *args)`` returns a ``Pending`` whose
+``result()`` waits for the value and whose ``ref`` can be passed on as another call's argument (in Ray
+mode an ObjectRef, so a value produced by one actor reaches another through the object store without
+passing through the driver; in local mode the value itself). The driver does not call handles itself:
+it calls the typed proxies of cluster/supervisor.py, which sit on top of them.
 
-``System`` holds the rollout, learner and teacher handles and replaces a dead rollout actor or
-teacher with a new incarnation through its ``Spawner`` (local: cluster/system.py's; Ray:
-cluster/remote.py's).
+A call that cannot be answered raises a ``RoleError``: ``ActorDied`` (a Ray actor that is gone; local
+mode has no actor to lose) or ``RoleFailed`` (the method raised). ``recoverable`` says whether replacing
+the role can help: only for an infrastructure failure (``infrastructure``: an actor that died, out of
+memory, an env that crashed, an I/O error); a programming error (TypeError, AttributeError,
+AssertionError, ...) is not, and stops the run with its traceback (STYLE.md 17, issue 16).
+
+``System`` holds the rollout, learner and teacher handles and replaces a rollout actor or the teacher
+with a new incarnation through its ``Spawner`` (local: cluster/system.py's; Ray: cluster/remote.py's).
 """
 
 from __future__ import annotations
@@ -18,36 +23,63 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import torch
+
+from actors.rollout import EnvCrashed
 from cluster.roles import LearnerRole, RolloutRole, TeacherRole
 from configs import Config
 
+# Failures of the machine, not of the code: replacing the role that hit one can help.
+INFRASTRUCTURE: tuple[type[BaseException], ...] = (
+    MemoryError,
+    torch.cuda.OutOfMemoryError,
+    EnvCrashed,  # an env's reset or step raised (actors/rollout.py)
+    OSError,  # I/O: a disk, a file the role reads or writes, a connection
+)
+# The same, for classes of libraries imported lazily (STYLE.md 13), matched by name: vLLM's engine process
+# died (models/engines/vllm.py makes a waiting generate raise it); Ray's memory monitor killed a worker.
+INFRASTRUCTURE_NAMES = frozenset({"EngineDeadError", "OutOfMemoryError"})
+
+
+def infrastructure(error: BaseException | str) -> bool:
+    """Whether ``error``, raised inside a role's method, is an infrastructure failure."""
+    if isinstance(error, str):
+        return False
+    return isinstance(error, INFRASTRUCTURE) or any(c.__name__ in INFRASTRUCTURE_NAMES for c in type(error).__mro__)
+
 
 class RoleError(RuntimeError):
-    """A role could not answer a call: its actor is gone, or the method raised."""
+    """A role could not answer a call: its actor is gone, or the method raised. ``recoverable``: a new
+    incarnation of the role may succeed (an infrastructure failure)."""
 
-    def __init__(self, message: str, name: str):
+    recoverable = True
+
+    def __init__(self, message: str, name: str, method: str = ""):
         super().__init__(message)
-        self.name = name
+        self.name, self.method = name, method
 
 
 class ActorDied(RoleError):
     """A role's actor process is gone (killed, crashed, out of memory)."""
 
-    def __init__(self, name: str, cause: str):
-        super().__init__(f"actor {name} died: {cause}", name)
+    def __init__(self, name: str, cause: str, method: str = ""):
+        super().__init__(f"actor {name} died: {cause}", name, method)
 
 
 class RoleFailed(RoleError):
-    """A role's method raised (a CUDA out-of-memory, an env that crashed, a bad checkpoint file)."""
+    """A role's method raised: an infrastructure failure (``recoverable``: a CUDA out-of-memory, an env that
+    crashed, a file that cannot be read), or a programming error (not recoverable: TypeError, KeyError, ...)."""
 
-    def __init__(self, name: str, method: str, cause: BaseException | str):
+    def __init__(self, name: str, method: str, cause: BaseException | str, recoverable: bool | None = None):
         text = cause if isinstance(cause, str) else f"{type(cause).__name__}: {cause}"
-        super().__init__(f"{name} failed in {method} ({text})", name)
+        super().__init__(f"{name} failed in {method} ({text})", name, method)
+        self.recoverable = infrastructure(cause) if recoverable is None else recoverable
 
 
 class RunStopped(RuntimeError):
-    """The run cannot go on (the learner failed, restarts exhausted, an interrupt); the message says how
-    to resume, ``what`` what happened; ``exit_code`` is the launcher's exit status."""
+    """The run cannot go on (the learner failed, a programming error in a role, restarts exhausted, a teacher
+    failure with ``teacher.required``, an interrupt); the message says how to resume, ``what`` what happened;
+    ``exit_code`` is the launcher's exit status."""
 
     def __init__(self, message: str, what: str = "", exit_code: int = 1):
         super().__init__(message)
@@ -159,12 +191,11 @@ class LocalSpawner:
 
 
 class System:
-    """N rollout actors, a learner and (unless guidance is none) a teacher, started through ``spawn``."""
+    """N rollout actors, a learner and (unless guidance is none) a teacher, started through ``spawn``.
+    When to replace one, and how often it may be, is the supervisor's (cluster/supervisor.py)."""
 
     def __init__(self, cfg: Config, spawn: Spawner, buffer_dir: Path):
         self.cfg, self.spawn, self.buffer_dir = cfg, spawn, buffer_dir
-        self.incarnations = [0] * cfg.train.num_workers
-        self.teacher_incarnation = 0
         self.rollouts: list[Handle] = [
             spawn("rollout", f"rollout-{i}", RolloutRole, cfg, i) for i in range(cfg.train.num_workers)
         ]
@@ -181,27 +212,18 @@ class System:
         pendings = [h.call("ready") for h in self.handles()]
         return [{"name": h.name} | p.result() for h, p in zip(self.handles(), pendings, strict=True)]
 
-    def restart_rollout(self, index: int) -> Handle:
-        self.incarnations[index] += 1
-        n = self.incarnations[index]
-        if n > self.cfg.cluster.max_restarts:
-            raise RunStopped(
-                f"rollout-{index} failed or died {n} times (cluster.max_restarts={self.cfg.cluster.max_restarts})"
-            )
+    def replace_rollout(self, index: int, incarnation: int) -> Handle:
+        """Stop rollout actor ``index`` and start incarnation ``incarnation`` of it (fresh episodes)."""
         self.rollouts[index].stop()
-        self.rollouts[index] = self.spawn("rollout", f"rollout-{index}-r{n}", RolloutRole, self.cfg, index, n)
+        name = f"rollout-{index}-r{incarnation}"
+        self.rollouts[index] = self.spawn("rollout", name, RolloutRole, self.cfg, index, incarnation)
         return self.rollouts[index]
 
-    def restart_teacher(self) -> Handle:
+    def replace_teacher(self, incarnation: int) -> Handle:
         """A new teacher that rebuilds its merge from the checkpoint buffer on disk (not waited for)."""
-        self.teacher_incarnation += 1
-        n = self.teacher_incarnation
-        if n > self.cfg.cluster.max_restarts:
-            raise RunStopped(
-                f"the teacher failed or died {n} times (cluster.max_restarts={self.cfg.cluster.max_restarts})"
-            )
         self.teacher.stop()
-        self.teacher = self.spawn("teacher", f"teacher-r{n}", TeacherRole, self.cfg, str(self.buffer_dir))
+        name = f"teacher-r{incarnation}"
+        self.teacher = self.spawn("teacher", name, TeacherRole, self.cfg, str(self.buffer_dir))
         return self.teacher
 
     def shutdown(self) -> None:

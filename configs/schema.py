@@ -9,10 +9,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from envs import ENV_IDS
-from envs.alfworld import TASK_TYPES as ALFWORLD_TASK_TYPES
-from envs.alfworld_data import SPLITS
-from envs.views import OBS_MODES
+# The envs' names, written out so that configs imports nothing of the project (issue 16: a leaf that
+# only the layers above read); tests/configs/test_config.py checks them against envs/.
+ENV_IDS = (
+    "gym_cards/Points24-v0",
+    "gym_cards/EZPoints-v0",
+    "gym_cards/NumberLine-v0",
+    "gym_cards/Blackjack-v0",
+    "alfworld/ALFWorld-v0",
+)
+ALFWORLD_TASK_TYPES = (
+    "pick_and_place_simple",
+    "look_at_obj_in_light",
+    "pick_clean_then_place_in_recep",
+    "pick_heat_then_place_in_recep",
+    "pick_cool_then_place_in_recep",
+    "pick_two_obj_and_place",
+)
+SPLITS = ("train", "valid_seen", "valid_unseen", "valid_train")  # ALFWorld's data splits
+OBS_MODES = ("image", "text")
 
 
 def _positive(section: str, obj, keys) -> None:
@@ -202,6 +217,10 @@ class TeacherConfig:
     kl_coef: float = 1.0  # beta in A' = A - beta * KL
     replay_size: int = 10_000  # SFT-guidance labels kept
     device: str = ""  # "" = policy.device; the teacher's own device when there is one
+    # A teacher that fails stops the run (true) or is rebuilt while training goes on without guidance, those
+    # iterations counted (false). Experiment grids set true (cluster/experiment.py): a comparison of
+    # guidance methods must not hold unguided iterations; a single run keeps going (issue 16).
+    required: bool = False
 
     def __post_init__(self):
         _choice("teacher.guidance", self.guidance, ("none", "kl", "sft"))

@@ -1,1 +1,1 @@
-"""PPO on LoRA: GAE, losses, KL estimators, the policy model and the Learner. Arrives with issue 4."""
+"""PPO on LoRA: the policy model with its value head, the Learner, and the SFT warm start's trainer."""

@@ -24,31 +24,24 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
+from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
-from actors.trajectory import Batch, Observation, Transition
 from configs.schema import LearnerConfig
-from learner.gae import gae
-from learner.logprob import step_logprob
+from core import metric_names as names
+from core.batch import Batch, Observation, SFTLabel, Transition
+from core.gae import gae
+from core.logprob import step_logprob
+from core.ppo_loss import explained_variance, policy_loss, value_loss
 from learner.policy_model import PolicyModel
-from learner.ppo_loss import explained_variance, policy_loss, value_loss
+from models.engines.base import prompt_input
 from models.lora import LoraSettings
 
 
 class NonFiniteError(ArithmeticError):
     """A loss, gradient norm or weight of the learner is NaN or infinite."""
-
-
-@dataclass
-class SFTLabel:
-    """A teacher-written answer for a visited state: train on ``loss_mask`` tokens (its thoughts)."""
-
-    observation: Observation
-    token_ids: list[int]  # (T,) the label, end token included
-    loss_mask: list[bool]  # (T,) thought tokens; the student's own action is context only
 
 
 class Learner:
@@ -77,7 +70,11 @@ class Learner:
         self.processor = self.policy.processor
         self.optimizer = torch.optim.Adam(self.policy.trainable_parameters(), lr=cfg.lr, eps=cfg.adam_eps)
         total_steps = max(1, total_updates * updates_per_iteration)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _cosine(total_steps, cfg.min_lr_ratio))
+        # Cosine decay to min_lr_ratio over the run's updates, no warmup (the same factors, bit for bit,
+        # as the hand-written schedule it replaced).
+        self.scheduler = get_cosine_with_min_lr_schedule_with_warmup(
+            self.optimizer, 0, total_steps, min_lr_rate=cfg.min_lr_ratio
+        )
         self.version = 0
 
     # ------------------------------------------------------------------ the update
@@ -130,15 +127,15 @@ class Learner:
                     totals[key] = totals.get(key, 0.0) + value
                 steps += 1
         self._check_weights()
-        stats = {f"losses/{k}": v / steps for k, v in totals.items()}
+        stats = {names.LOSSES + k: v / steps for k, v in totals.items()}
         stats |= {
-            "losses/explained_variance": explained_variance(old_values, returns),
-            "losses/advantage_mean": gae_adv.mean().item(),
-            "losses/lr": self.scheduler.get_last_lr()[0],
-            "losses/optimizer_steps": float(steps),
+            names.EXPLAINED_VARIANCE: explained_variance(old_values, returns),
+            names.ADVANTAGE_MEAN: gae_adv.mean().item(),
+            names.LR: self.scheduler.get_last_lr()[0],
+            names.OPTIMIZER_STEPS: float(steps),
         }
         if kl is not None:
-            stats["teacher/kl"] = float(np.mean(kl))
+            stats[names.TEACHER_KL] = float(np.mean(kl))
         return stats
 
     def _advantages(self, batches):
@@ -220,7 +217,9 @@ class Learner:
         return -(out.logprobs * mask).sum() / mask.sum().clamp(min=1)
 
     def _encode(self, observations: Sequence[Observation]):
-        return self.processor.encode([(o.text, o.tail) for o in observations], [o.image() for o in observations])
+        return self.processor.encode(
+            [(o.text, o.tail) for o in observations], [prompt_input(o).image for o in observations]
+        )
 
     # ------------------------------------------------------------------ publishing and state
 
@@ -264,11 +263,3 @@ def _masks(chosen: Sequence[Transition], width: int, device) -> tuple[torch.Tens
         thought[row, : len(t.thought_mask)] = torch.tensor(t.thought_mask, dtype=torch.bool)
         action[row, : len(t.action_mask)] = torch.tensor(t.action_mask, dtype=torch.bool)
     return thought.to(device), action.to(device)
-
-
-def _cosine(total_steps: int, min_ratio: float):
-    def factor(step: int) -> float:
-        progress = min(1.0, step / total_steps)
-        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor

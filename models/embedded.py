@@ -34,6 +34,7 @@ from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 import envs
+from envs.tasks import TASKS, expert_answer, prompt_text
 from models.processing import VLProcessor
 from models.tokenizer import has_qwen_vocabulary, qwen_tokenizer, train_tokenizer
 
@@ -242,10 +243,7 @@ def corpus(episodes: int = 60) -> Iterator[str]:
 
     Deterministic (fixed seeds), so the tokenizer is the same on every machine.
     """
-    from actors.demos import expert_answer
-    from actors.prompts import prompt_text
-
-    for env_id in (envs.POINTS24, envs.EZPOINTS, envs.NUMBERLINE, envs.BLACKJACK):
+    for env_id in [env_id for env_id, task in TASKS.items() if task.visual]:  # ALFWorld: phrases below
         env = envs.make_env(_EnvCfg(env_id))
         for seed in range(episodes):
             _, info = env.reset(seed=seed)

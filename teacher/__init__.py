@@ -1,1 +1,1 @@
-"""The free teacher: TIES merge (pure), checkpoint buffer, merged model scoring. Arrives with issue 4."""
+"""The free teacher: its checkpoint buffer, the streamed TIES merge, the merged model's scoring and guidance."""

@@ -2,7 +2,7 @@
 
 KL: one teacher forward over the same prompt, image and the student's exactly sampled response
 tokens (the published code passed no image, shifted by one token and re-serialised the JSON); the
-per-step penalty is the mean clipped k1 over thought tokens (learner/kl.py).
+per-step penalty is the mean clipped k1 over thought tokens (core/kl.py).
 
 SFT: the teacher answers the same prompt; its thoughts with the student's own action put back form
 a label whose loss covers only the thought tokens (the action is context, "masked").
@@ -15,11 +15,10 @@ from collections.abc import Sequence
 
 import torch
 
-from actors.engines.base import SamplingParams
-from actors.prompts import PromptSpec
-from actors.trajectory import Transition
-from learner.kl import thought_kl
-from learner.learner import SFTLabel
+from core.answer import PromptSpec
+from core.batch import SFTLabel, Transition
+from core.kl import thought_kl
+from models.engines.base import SamplingParams, prompt_input
 from models.tokenizer import token_char_spans
 
 
@@ -31,7 +30,7 @@ def kl_penalties(
     for start in range(0, len(transitions), micro_batch):
         chunk = transitions[start : start + micro_batch]
         teacher_lp = teacher.score(
-            [t.observation.prompt() for t in chunk], [t.response_ids for t in chunk], temperature
+            [prompt_input(t.observation) for t in chunk], [t.response_ids for t in chunk], temperature
         )
         width = max(len(t.response_ids) for t in chunk)
         student = torch.zeros(len(chunk), width)
@@ -50,7 +49,7 @@ def sft_labels(
     teacher, transitions: Sequence[Transition], spec: PromptSpec, sampling: SamplingParams
 ) -> list[SFTLabel]:
     """Teacher thoughts + the student's action for each step the teacher answered in the right shape."""
-    generations = teacher.generate([t.observation.prompt() for t in transitions], sampling, spec)
+    generations = teacher.generate([prompt_input(t.observation) for t in transitions], sampling, spec)
     tokenizer = teacher.engine.processor.tokenizer
     end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     labels = []

@@ -14,8 +14,8 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+from core.ties import elect_and_mean, trim_threshold
 from models.lora import FACTORS, factor_keys, iter_lora_deltas
-from teacher.ties import trim_threshold
 
 # Large merges run in blocks of about this many entries (1 MB of fp32 per buffer), so the per-entry
 # work of TIES stays near the cache instead of streaming k full-size temporaries through memory.
@@ -43,7 +43,8 @@ def merge_module(
     Streams over checkpoints, one cache-sized block of rows at a time. TIES needs no stack of the k
     trimmed updates: with P = sum_i w_i relu(t_i), N = sum_i w_i relu(-t_i) and the weight sums
     Dp, Dn of the positive and negative entries, the elected sign is sign(P - N) and the disjoint
-    mean is P / Dp (sign +), -N / Dn (sign -) or 0. Tests check this against teacher.ties.ties_merge.
+    mean is P / Dp (sign +), -N / Dn (sign -) or 0 (``core.ties.elect_and_mean``, which the reference
+    shares). Tests check this against core.ties.ties_merge.
     """
     if method not in ("ties", "linear"):
         raise ValueError(f"unknown merge method {method!r}; choose ties or linear")
@@ -80,12 +81,7 @@ def _ties_block(
     for (a, b), wi, threshold in zip(pairs, w, thresholds, strict=True):
         torch.matmul(b[rows], a, out=update)
         accumulate(update, threshold / scaling, wi, *sums)  # compare |B @ A| with threshold / scaling
-    pos_sum, neg_sum, pos_weight, neg_weight = sums
-    up, down = pos_sum > neg_sum, neg_sum > pos_sum
-    merged = torch.where(
-        up, pos_sum / pos_weight.clamp(min=1e-30), torch.where(down, -neg_sum / neg_weight.clamp(min=1e-30), 0.0)
-    )
-    return merged.mul_(scaling)
+    return elect_and_mean(*sums).mul_(scaling)
 
 
 def _ties_dense(pairs, w: list[float], scaling: float, thresholds: Sequence[float]) -> torch.Tensor:
@@ -99,12 +95,7 @@ def _ties_dense(pairs, w: list[float], scaling: float, thresholds: Sequence[floa
     negative = kept - positive
     magnitude = stack.abs_()
     pos_sum, neg_sum = (magnitude * positive).sum(0), (magnitude * negative).sum(0)
-    pos_weight, neg_weight = positive.sum(0), negative.sum(0)
-    return torch.where(
-        pos_sum > neg_sum,
-        pos_sum / pos_weight.clamp(min=1e-30),
-        torch.where(neg_sum > pos_sum, -neg_sum / neg_weight.clamp(min=1e-30), 0.0),
-    )
+    return elect_and_mean(pos_sum, neg_sum, positive.sum(0), negative.sum(0))
 
 
 def _accumulate(update, threshold, wi, pos_sum, neg_sum, pos_weight, neg_weight) -> None:

@@ -20,14 +20,15 @@ from pathlib import Path
 
 import torch
 
-from actors.engines.base import Generation, PromptInput, SamplingParams
-from actors.engines.hf import HFEngine
-from actors.prompts import PromptSpec
 from configs.schema import TeacherConfig
+from core import metric_names as names
+from core.answer import PromptSpec
+from core.ties import WEIGHTINGS
+from models.engines.base import Generation, PromptInput, SamplingParams
+from models.engines.hf import HFEngine
 from models.lora import LoraSettings, adapter_modules
 from teacher.buffer import CheckpointBuffer
 from teacher.merge import merge_stream, trim_thresholds
-from teacher.ties import WEIGHTINGS
 
 
 class Teacher:
@@ -83,9 +84,9 @@ class Teacher:
         self.merged_version = versions[-1]
         self._pending = 0
         self.stats = {
-            "teacher/merge_seconds": time.perf_counter() - start,
-            "teacher/checkpoints": float(len(versions)),
-            "teacher/merged_version": float(self.merged_version),
+            names.MERGE_SECONDS: time.perf_counter() - start,
+            names.TEACHER_CHECKPOINTS: float(len(versions)),
+            names.MERGED_VERSION: float(self.merged_version),
         }
 
     def score(

@@ -23,14 +23,14 @@ def _has_cuda() -> bool:
 
 def vllm_device() -> str:
     """Where the installed vLLM runs: 'cpu' for the CPU build, else 'cuda'."""
-    from actors.engines.vllm import installed_build
+    from models.engines.vllm import installed_build
 
     return "cpu" if installed_build() == "cpu" else "cuda"
 
 
 def _vllm_missing() -> str | None:
     """Why vLLM cannot run here, or None."""
-    from actors.engines.vllm import VLLMUnavailable, check_available
+    from models.engines.vllm import VLLMUnavailable, check_available
 
     try:
         check_available(vllm_device())

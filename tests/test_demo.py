@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from envs.demo import main
+from cluster.demo import main
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "points24.yaml")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from actors.engines.base import Generation, finish
+from models.engines.base import Generation, finish
 from models.loading import load_processor
 
 

@@ -3,11 +3,11 @@ import json
 import numpy as np
 import pytest
 
-from actors.engines.base import SamplingParams
-from actors.engines.hf import HFEngine
 from actors.rollout import EVAL_SEED_BASE, RolloutSettings, RolloutWorker
-from actors.trajectory import summarize
 from configs import load_config
+from core.batch import summarize
+from models.engines.base import SamplingParams, prompt_input
+from models.engines.hf import HFEngine
 from models.lora import LoraSettings
 from tests.actors.scripted import ScriptedEngine
 
@@ -71,11 +71,11 @@ def test_image_rollout_keeps_compact_observations_that_redraw_the_frame():
     worker = RolloutWorker(cfg, engine, settings, seed=0)
     batch = worker.sample(2)
     for t in batch.transitions:
-        image = t.observation.image()
+        image = prompt_input(t.observation).image
         assert image.shape == (300, 300, 3) and image.dtype == np.uint8
         assert t.observation.frame[0] == "numberline" and len(t.response_ids) == len(t.old_logprobs) <= 12
     # The stored frame state redraws the exact pixels the policy saw: re-scoring gives the old log-probs.
-    prompts = [t.observation.prompt() for t in batch.transitions]
+    prompts = [prompt_input(t.observation) for t in batch.transitions]
     rescored = engine.score(prompts, [t.response_ids for t in batch.transitions], 1.0)
     for t, row in zip(batch.transitions, rescored, strict=True):
         assert max(abs(a - b) for a, b in zip(t.old_logprobs, row, strict=True)) < 1e-5

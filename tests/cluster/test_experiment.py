@@ -33,6 +33,7 @@ def test_grid_runs_from_one_warm_start_and_tabulates(tmp_path, capsys):
         assert [r["iteration"] for r in records] == [1]  # no evaluation before: the warm start's is shared
         config = (out / run / "seed0" / "config.yaml").read_text()
         assert str(out / "warm_start" / "checkpoint") in config and "seed: 0" in config
+        assert "required: true" in config  # a grid's runs stop rather than train without guidance
     table = (out / "tiny.md").read_text()
     assert "| SFT start |" in table and "| ppo | 1 |" in table and "| kl | 1 |" in table
     assert "## The merged teacher as a policy" in table and "| kl | 12 |" in table  # 1 update of 3 rounds x 4 envs
@@ -50,3 +51,15 @@ def test_bad_experiments_fail_before_anything_runs(tmp_path):
     with pytest.raises(ConfigError, match="Key 'seed' not in 'ExperimentSpec'|seed"):
         experiment.load_spec(_spec(tmp_path, seed=3))
     assert not (tmp_path / "out").exists()
+
+
+def test_grid_runs_require_the_teacher_unless_the_config_or_an_override_says_otherwise(tmp_path):
+    def required(**changes) -> list[bool]:
+        _, jobs = experiment.plan(experiment.load_spec(_spec(tmp_path, **changes)), tmp_path / "out")
+        return [experiment._load(job.argv).teacher.required for job in jobs]
+
+    assert required() == [True, True]
+    assert required(runs={"ppo": ["teacher.guidance=none"], "kl": ["teacher.required=false"]}) == [True, False]
+    base = tmp_path / "base.yaml"
+    base.write_text("teacher:\n  required: false\n")
+    assert required(base=str(base)) == [False, False]

@@ -47,7 +47,7 @@ def test_resume_takes_the_runs_own_config(capsys, tmp_path):
 
 
 def test_vllm_engine_where_vllm_cannot_run_is_refused_before_anything_starts(capsys, tmp_path, monkeypatch):
-    import actors.engines.vllm as ve
+    import models.engines.vllm as ve
 
     monkeypatch.setattr(ve, "installed_build", lambda: None)
     assert launch.main(["policy.engine=vllm", "cluster.mode=local", f"run_dir={tmp_path}"]) == 2

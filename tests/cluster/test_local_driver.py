@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from cluster import launch
 from configs import load_config
@@ -54,14 +55,15 @@ def test_warm_start_sft_then_every_role_starts_from_its_checkpoint(tmp_path):
         launch.run(cfg, log=lambda *_: None)
 
 
-def _raising(monkeypatch, cls, method, times):
-    """Make ``cls.method`` raise on its first ``times`` calls (every incarnation counts)."""
+def _raising(monkeypatch, cls, method, times, error=torch.cuda.OutOfMemoryError):
+    """Make ``cls.method`` raise ``error`` on its first ``times`` calls (every incarnation counts); by default
+    a CUDA out-of-memory, an infrastructure failure the run recovers from."""
     original, calls = getattr(cls, method), []
 
     def flaky(self, *args):
         calls.append(method)
         if len(calls) <= times:
-            raise RuntimeError(f"injected failure {len(calls)} in {method}")
+            raise error(f"injected failure {len(calls)} in {method}")
         return original(self, *args)
 
     monkeypatch.setattr(cls, method, flaky)
@@ -69,10 +71,11 @@ def _raising(monkeypatch, cls, method, times):
 
 
 def test_a_teacher_or_rollout_that_raises_is_rebuilt_and_the_run_goes_on(tmp_path, monkeypatch):
+    from actors.rollout import EnvCrashed
     from cluster.roles import RolloutRole, TeacherRole
 
-    _raising(monkeypatch, TeacherRole, "add_checkpoint", 1)  # the first merge fails
-    _raising(monkeypatch, RolloutRole, "sample", 1)  # the first sample fails
+    _raising(monkeypatch, TeacherRole, "add_checkpoint", 1)  # the first merge runs out of memory
+    _raising(monkeypatch, RolloutRole, "sample", 1, EnvCrashed)  # an env crashes in the first sample
     logs = []
     cfg = load_config(
         None, [*TINY, "cluster.mode=local", "teacher.guidance=kl", "train.iterations=3", f"run_dir={tmp_path}"]
@@ -83,7 +86,7 @@ def test_a_teacher_or_rollout_that_raises_is_rebuilt_and_the_run_goes_on(tmp_pat
     assert last["rollout/total_env_steps"] == 36  # the failed sample was redone by a new incarnation
     assert last["rollout/restarts"] == 1 and last["teacher/restarts"] == 1
     assert last["teacher/merged_version"] == 3.0 and last["teacher/skipped"] == 0  # version 1 re-sent, guidance back
-    assert any("rollout-0 failed in sample (RuntimeError: injected failure 1" in str(m) for m in logs)
+    assert any("rollout-0 failed in sample (EnvCrashed: injected failure 1" in str(m) for m in logs)
     assert any("teacher failed in add_checkpoint" in str(m) and "rebuilding the teacher" in str(m) for m in logs)
 
 
@@ -118,3 +121,88 @@ def test_each_rollout_workers_vllm_gets_cores_of_its_own():
     assert [vllm_cores(1, i, 2) for i in range(3)] == ["0", "1", "0"]  # two cores: the third shares the first's
     assert [vllm_cores(2, i, 8) for i in range(5)] == ["0,1", "2,3", "4,5", "6,7", "0,1"]
     assert vllm_cores(4, 1, 2) == "0,1"  # never more threads than cores
+
+
+# ---------------------------------------------------------------------- what is recovered from, and what is not
+
+
+def test_only_infrastructure_failures_are_recoverable():
+    from actors.rollout import EnvCrashed
+    from cluster.system import RoleFailed, infrastructure
+
+    class EngineDeadError(RuntimeError):  # vLLM's (imported lazily), matched by name
+        pass
+
+    machine = [MemoryError(), torch.cuda.OutOfMemoryError("CUDA out of memory"), EnvCrashed("env 0 crashed in step")]
+    machine += [OSError(28, "No space left on device"), EngineDeadError()]
+    code = [TypeError("x"), AttributeError("x"), AssertionError(), KeyError("x"), ValueError("x"), RuntimeError("x")]
+    assert [infrastructure(e) and RoleFailed("rollout-0", "sample", e).recoverable for e in machine] == [True] * 5
+    assert [infrastructure(e) or RoleFailed("rollout-0", "sample", e).recoverable for e in code] == [False] * 6
+
+
+def test_an_env_that_raises_is_an_env_crash_with_its_own_error_chained(monkeypatch):
+    from actors.rollout import EnvCrashed, RolloutSettings, RolloutWorker
+    from tests.actors.scripted import ScriptedEngine
+
+    worker = RolloutWorker(load_config(None, TINY).env, ScriptedEngine(lambda p: "?"), RolloutSettings(num_envs=2))
+    worker.sample(1)
+
+    def broken(action):
+        raise ValueError("the simulator went away")
+
+    monkeypatch.setattr(worker.slots[1].env, "step", broken)
+    with pytest.raises(EnvCrashed, match="env 1 crashed in step: ValueError: the simulator went away") as crashed:
+        worker.sample(1)
+    assert isinstance(crashed.value.__cause__, ValueError)
+
+
+@pytest.mark.parametrize("role, method, error", [("rollout", "sample", TypeError), ("teacher", "kl", AssertionError)])
+def test_a_programming_error_in_a_role_stops_the_run_with_its_traceback_and_restarts_nothing(
+    tmp_path, monkeypatch, capsys, role, method, error
+):
+    from cluster.roles import RolloutRole, TeacherRole
+
+    calls = _raising(monkeypatch, {"rollout": RolloutRole, "teacher": TeacherRole}[role], method, 1, error)
+    overrides = [*TINY, "cluster.mode=local", "teacher.guidance=kl", "train.eval_before=false"]
+    assert launch.main([*overrides, f"run_dir={tmp_path}"]) == 1
+    err = capsys.readouterr().err
+    assert calls == [method]  # never called again: no new incarnation tried
+    assert "Traceback" in err and "in flaky" in err  # the role's own traceback, above the stop line
+    stopped = err[err.index("run stopped:") :]
+    name = "rollout-0" if role == "rollout" else "teacher"
+    assert stopped.startswith(
+        f"run stopped: {name} failed in {method} ({error.__name__}: injected failure 1 in {method}): not an "
+        "infrastructure failure (an actor that died, out of memory, an env crash), so nothing is restarted."
+    )
+    assert f"--resume {tmp_path}" in stopped and "rebuilding" not in err
+    assert not (tmp_path / "metrics.jsonl").read_text()  # iteration 1 never finished
+
+
+def test_iterations_without_guidance_are_counted_and_in_the_run_summary(tmp_path, monkeypatch):
+    from cluster.roles import TeacherRole
+
+    _raising(monkeypatch, TeacherRole, "kl", 1)  # iteration 1's scoring runs out of memory
+    logs = []
+    overrides = [*TINY, "cluster.mode=local", "teacher.guidance=kl", "train.eval_before=false"]
+    last = launch.run(
+        load_config(None, [*overrides, "train.eval_teacher=false", f"run_dir={tmp_path}"]), log=logs.append
+    )
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["teacher/skipped"] for r in records] == [1, 0]  # iteration 1 trained without guidance, 2 with
+    assert [r["teacher/unguided_iterations"] for r in records] == [1, 1] and last["teacher/restarts"] == 1
+    line = "1 of 2 iterations ran without guidance (teacher rebuilding)"
+    assert any(line in str(m) for m in logs) and line in (tmp_path / "summary.md").read_text()
+
+
+def test_teacher_required_stops_the_run_instead_of_training_without_guidance(tmp_path, monkeypatch, capsys):
+    from cluster.roles import TeacherRole
+
+    _raising(monkeypatch, TeacherRole, "kl", 1)
+    overrides = [*TINY, "cluster.mode=local", "teacher.guidance=kl", "train.eval_before=false"]
+    assert launch.main([*overrides, "teacher.required=true", f"run_dir={tmp_path}"]) == 1
+    stopped = capsys.readouterr().err.strip().splitlines()[-1]
+    assert stopped.startswith(
+        "run stopped: teacher failed in kl (OutOfMemoryError: injected failure 1 in kl); teacher.required is true, "
+        "so the run stops rather than train without guidance. Last good checkpoint: none yet."
+    )
+    assert not (tmp_path / "metrics.jsonl").read_text()

@@ -50,8 +50,8 @@ def test_killed_rollout_actor_and_teacher_mid_run(cluster, tmp_path):
         if index == 2 and phase == "score":
             ray.kill(trainer.system.teacher.actor)  # scoring fails: rebuilt from the buffer on disk
             killed.append("teacher")
-        if index == 4 and phase == "sample" and trainer.teacher_starting is not None:
-            trainer.teacher_starting.result()  # however slow this machine starts an actor, it is back by now
+        if index == 4 and phase == "sample" and trainer.teacher.starting is not None:
+            trainer.teacher.starting.result()  # however slow this machine starts an actor, it is back by now
 
     last, lines, records = _run(
         tmp_path, "train.num_workers=2", "teacher.guidance=kl", "train.iterations=5", "train.eval_every=0", hook=hook
@@ -64,6 +64,7 @@ def test_killed_rollout_actor_and_teacher_mid_run(cluster, tmp_path):
     assert last["rollout/restarts"] == 1 and last["teacher/restarts"] == 1
     assert trained[1]["teacher/skipped"] == 1 and trained[0]["teacher/skipped"] == 0
     assert trained[-1]["teacher/skipped"] == 0  # guidance came back
+    assert last["teacher/unguided_iterations"] == sum(r["teacher/skipped"] for r in trained) >= 1
     assert last["teacher/merged_version"] == 5.0  # the rebuilt teacher got every checkpoint
     assert len(list((tmp_path / "teacher").glob("adapter-*.safetensors"))) == 5
     assert any("rebuilding the teacher" in line for line in lines)
@@ -104,20 +105,26 @@ def test_check_resources_names_what_does_not_fit():
 
 
 def test_a_method_that_raises_is_a_role_failure_and_a_killed_actor_died(cluster):
-    """What the driver sees from a Ray actor: RoleFailed (method raised, actor alive) or ActorDied."""
+    """What the driver sees from a Ray actor: RoleFailed (method raised, actor alive), recoverable only for
+    an infrastructure failure (classified by the original error inside Ray's RayTaskError), or ActorDied."""
     from cluster.system import ActorDied, RoleFailed
 
     @ray.remote(num_cpus=0)
     class Flaky:
-        def fail(self):
-            raise ValueError("bad checkpoint file")
+        def fail(self, kind):
+            raise {"value": ValueError, "memory": MemoryError, "io": OSError}[kind]("bad checkpoint file")
 
         def fine(self):
             return 7
 
     handle = remote.RayHandle("flaky", Flaky.remote())
-    with pytest.raises(RoleFailed, match=r"flaky failed in fail \(ValueError: bad checkpoint file\)"):
-        handle.call("fail").result()
+    with pytest.raises(RoleFailed, match=r"flaky failed in fail \(ValueError: bad checkpoint file\)") as failed:
+        handle.call("fail", "value").result()
+    assert not failed.value.recoverable and ", in fail" in str(failed.value.__cause__)  # the actor's traceback
+    for kind in ("memory", "io"):
+        with pytest.raises(RoleFailed) as failed:
+            handle.call("fail", kind).result()
+        assert failed.value.recoverable, kind
     assert handle.call("fine").result() == 7  # still alive
     ray.kill(handle.actor)  # takes effect shortly: a call in between may still be answered
     deadline = time.monotonic() + 30
@@ -125,7 +132,7 @@ def test_a_method_that_raises_is_a_role_failure_and_a_killed_actor_died(cluster)
         try:
             handle.call("fine").result()
         except ActorDied as error:
-            assert "actor flaky died" in str(error)
+            assert "actor flaky died" in str(error) and error.recoverable
             break
         assert time.monotonic() < deadline, "the killed actor still answers"
         time.sleep(0.1)

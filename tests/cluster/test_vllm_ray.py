@@ -11,6 +11,7 @@ import pytest
 
 from cluster import launch
 from configs import load_config
+from models.engines.base import prompt_input
 from tests.cluster.tiny import RAY, TINY
 
 ray = pytest.importorskip("ray")
@@ -37,8 +38,8 @@ def _vllm_processes() -> list[psutil.Process]:
 
 
 def test_rollout_actors_sample_every_published_version_through_vllm_and_survive_its_death(cluster, tmp_path):
-    from actors.engines.hf import HFEngine
-    from configs.settings import lora_settings
+    from cluster.settings import lora_settings
+    from models.engines.hf import HFEngine
 
     cfg = load_config(None, [*TINY, *RAY, *VLLM, f"run_dir={tmp_path}"])
     seen, killed = [], []
@@ -69,7 +70,9 @@ def test_rollout_actors_sample_every_published_version_through_vllm_and_survive_
         assert len(batches) == 2 and len(transitions) == 3 * 4 * 2
         assert {t.policy_version for t in transitions} == {version}
         # The tokens vLLM sampled have, under that version's weights, the log-probs vLLM reported.
-        scored = hf.score([t.observation.prompt() for t in transitions], [t.response_ids for t in transitions], 1.0)
+        scored = hf.score(
+            [prompt_input(t.observation) for t in transitions], [t.response_ids for t in transitions], 1.0
+        )
         gap = max(
             abs(a - b)
             for t, row in zip(transitions, scored, strict=True)

@@ -96,3 +96,17 @@ def test_shipped_configs_load_and_say_how_to_run_them(path):
     )
     if path.parent != CONFIG_DIR:  # configs in sub-folders name their own path in that command
         assert f"configs/{path.relative_to(CONFIG_DIR)}" in first
+
+
+def test_the_schemas_env_names_are_the_envs_own():
+    """configs imports nothing of the project, so it spells the envs' names out; they must stay the same."""
+    import envs
+    from configs import schema
+    from envs.alfworld import TASK_TYPES
+    from envs.alfworld_data import SPLITS
+    from envs.views import OBS_MODES
+
+    assert schema.ENV_IDS == envs.ENV_IDS == tuple(envs.TASKS)
+    assert schema.ALFWORLD_TASK_TYPES == TASK_TYPES
+    assert schema.SPLITS == SPLITS
+    assert set(schema.OBS_MODES) == set(OBS_MODES)

@@ -3,13 +3,14 @@
 import pytest
 import torch
 
-from actors.engines.base import SamplingParams
-from actors.engines.hf import HFEngine
 from actors.rollout import RolloutSettings, RolloutWorker
 from configs import load_config
-from learner.learner import Learner, NonFiniteError, SFTLabel
-from learner.logprob import step_logprob
-from learner.ppo_loss import policy_loss, value_loss
+from core.batch import SFTLabel
+from core.logprob import step_logprob
+from core.ppo_loss import policy_loss, value_loss
+from learner.learner import Learner, NonFiniteError
+from models.engines.base import SamplingParams
+from models.engines.hf import HFEngine
 from models.lora import LoraSettings
 
 LORA = LoraSettings(rank=4, alpha=8, dropout=0.0)

@@ -1,7 +1,7 @@
 import torch
 
-from actors.engines.hf import HFEngine
 from learner.policy_model import PolicyModel
+from models.engines.hf import HFEngine
 from models.lora import LoraSettings
 
 LORA = LoraSettings(rank=4, alpha=8, dropout=0.0)
@@ -35,7 +35,7 @@ def test_adapter_moves_to_an_engine_with_the_same_function():
                 param.normal_(0, 0.2)
     engine = HFEngine("embedded:xs", LORA)
     engine.load_adapter(policy.adapter(), version=1)
-    from actors.engines.base import PromptInput
+    from models.engines.base import PromptInput
 
     prompts = [PromptInput("task one", None, "state a")]
     responses = [[40, 41, 42, 2]]

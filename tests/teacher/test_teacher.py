@@ -3,17 +3,18 @@ import json
 import pytest
 import torch
 
-from actors.engines.base import SamplingParams
-from actors.engines.hf import HFEngine
-from actors.prompts import parse_response, spec_for
 from actors.rollout import RolloutSettings, RolloutWorker
 from configs import load_config
+from core.answer import parse_response
+from core.ties import ties_merge
+from envs.tasks import spec_for
 from models.embedded import fingerprint
+from models.engines.base import SamplingParams
+from models.engines.hf import HFEngine
 from models.loading import load_vlm
 from models.lora import LoraSettings, adapter_state, add_lora, lora_deltas
 from teacher.guidance import kl_penalties, sft_labels
 from teacher.teacher import Teacher
-from teacher.ties import ties_merge
 
 LORA = LoraSettings(rank=4, alpha=8, dropout=0.0)
 

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from learner.gae import gae
-from learner.kl import thought_kl
-from learner.ppo_loss import explained_variance, policy_loss, value_loss
+from core.gae import gae
+from core.kl import thought_kl
+from core.ppo_loss import explained_variance, policy_loss, value_loss
 
 
 def test_gae_by_hand():

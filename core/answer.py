@@ -1,4 +1,4 @@
-"""Prompts for each env and the parser of the model's JSON answers.
+"""The agent's answer format: what a prompt asks for, and the parser of the model's JSON answers.
 
 The agent answers every step with one JSON object whose last key is ``"action"`` and which carries
 ``"thoughts"`` before it (card games also ``"cards"`` and ``"formula"``, NumberLine its two numbers:
@@ -23,8 +23,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import envs
-
 ACTION_KEY = "action"
 
 
@@ -36,32 +34,6 @@ class PromptSpec:
     keys: tuple[str, ...]  # answer keys, "action" last
     actions: tuple[str, ...] | None  # the env's action names by index; None = free text (ALFWorld)
     noop: str | None = None  # an action that changes nothing, for the "noop" fallback
-
-
-SPECS = {
-    envs.POINTS24: PromptSpec(
-        envs.POINTS24,
-        ("cards", "formula", "thoughts", "action"),
-        ("1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "+", "-", "*", "/", "(", ")", "="),
-    ),
-    envs.EZPOINTS: PromptSpec(
-        envs.EZPOINTS,
-        ("cards", "formula", "thoughts", "action"),
-        ("1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "+", "*", "="),
-    ),
-    envs.NUMBERLINE: PromptSpec(envs.NUMBERLINE, ("current number", "target number", "thoughts", "action"), ("-", "+")),
-    envs.BLACKJACK: PromptSpec(envs.BLACKJACK, ("thoughts", "action"), ("stand", "hit")),
-    envs.ALFWORLD: PromptSpec(envs.ALFWORLD, ("thoughts", "action"), None, noop="look"),
-}
-
-
-def spec_for(env_id: str) -> PromptSpec:
-    if env_id not in SPECS:
-        raise ValueError(f"no prompt for env {env_id!r}; known: {', '.join(SPECS)}")
-    return SPECS[env_id]
-
-
-# ----------------------------------------------------------------------------- prompt text
 
 
 @dataclass(frozen=True)
@@ -77,83 +49,12 @@ class PromptText:
     tail: str
 
 
-def prompt_text(env_id: str, info: dict[str, Any], with_image: bool) -> PromptText:
-    """The user message for one step of ``env_id`` in the state ``info`` describes."""
-    return _PROMPTS[env_id](info, with_image)
-
-
-def _card_prompt(n_cards: int, target: int, ops: str):
-    actions = " ".join(SPECS[envs.POINTS24 if n_cards == 4 else envs.EZPOINTS].actions)
-    instruction = (
-        f"You are an expert card game player. Make {target} from {n_cards} cards using each card's value exactly "
-        f"once with {ops}; A counts as 1 and J, Q, K as 10. Each step appends one of {actions} to the formula; "
-        "= submits it.\n"
-        'Answer in JSON: {"cards": [values], "formula": "current formula", "thoughts": "your plan", '
-        '"action": "next token"}'
-    )
-
-    def build(info: dict[str, Any], with_image: bool) -> PromptText:
-        values = ", ".join(map(str, info["values"]))
-        seen = "" if with_image else f"Your cards: {' '.join(_card_names(info))} (values {values}).\n"
-        return PromptText(instruction, f"{seen}Current formula: {''.join(info['formula'])}")
-
-    return build
-
-
-def _card_names(info: dict[str, Any]) -> list[str]:
-    labels = {1: "A", 11: "J", 12: "Q", 13: "K"}
-    return [labels.get(rank, str(rank)) + suit for rank, suit in zip(info["hand"], info["suits"], strict=True)]
-
-
-_NUMBERLINE_INSTRUCTION = (
-    "You are playing number line. Move the current number to the target number: "
-    '"-" subtracts one, "+" adds one.\n'
-    'Answer in JSON: {"current number": x, "target number": y, "thoughts": "your reasoning", '
-    '"action": "-" or "+"}'
-)
-
-
-def _numberline_prompt(info: dict[str, Any], with_image: bool) -> PromptText:
-    seen = "" if with_image else f"Target: {info['target']}. Current: {info['position']}."
-    return PromptText(_NUMBERLINE_INSTRUCTION, seen)
-
-
-_BLACKJACK_INSTRUCTION = (
-    "You are a blackjack player. Get closer to 21 than the dealer without going over.\n"
-    'Answer in JSON: {"thoughts": "your total and the dealer\'s, then your choice", "action": "stand" or "hit"}'
-)
-
-
-def _blackjack_prompt(info: dict[str, Any], with_image: bool) -> PromptText:
-    return PromptText(_BLACKJACK_INSTRUCTION, "" if with_image else info["text"])
-
-
-_ALFWORLD_INSTRUCTION = (
-    "You are an expert household agent.\n"
-    'Answer in JSON: {"thoughts": "what you see and your plan", "action": "one admissible action"}'
-)
-
-
-def _alfworld_prompt(info: dict[str, Any], with_image: bool) -> PromptText:
-    return PromptText(_ALFWORLD_INSTRUCTION, info["text"])
-
-
-_PROMPTS = {
-    envs.POINTS24: _card_prompt(4, 24, "+ - * / and parentheses"),
-    envs.EZPOINTS: _card_prompt(2, 12, "+ and *"),
-    envs.NUMBERLINE: _numberline_prompt,
-    envs.BLACKJACK: _blackjack_prompt,
-    envs.ALFWORLD: _alfworld_prompt,
-}
-
-
-def format_answer(env_id: str, fields: dict[str, Any]) -> str:
+def format_answer(spec: PromptSpec, fields: dict[str, Any]) -> str:
     """The JSON answer with the spec's keys in order (how demonstrations are written)."""
-    keys = spec_for(env_id).keys
-    missing = [k for k in keys if k not in fields]
+    missing = [k for k in spec.keys if k not in fields]
     if missing:
-        raise ValueError(f"answer for {env_id} lacks {missing}")
-    return json.dumps({k: fields[k] for k in keys}, ensure_ascii=True)
+        raise ValueError(f"answer for {spec.env_id} lacks {missing}")
+    return json.dumps({k: fields[k] for k in spec.keys}, ensure_ascii=True)
 
 
 # ----------------------------------------------------------------------------- parsing

@@ -1,6 +1,6 @@
 import torch
 
-from learner.logprob import step_logprob
+from core.logprob import step_logprob
 
 
 def test_step_logprob_by_hand():

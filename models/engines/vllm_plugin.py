@@ -3,7 +3,7 @@ entry point in pyproject.toml), before it resolves a model.
 
 It does four things, and only inside vLLM's processes:
 1. Registers ``POLICY_ARCHITECTURE``: vLLM's Qwen2.5-VL whose logits leave out the ids a policy never
-   writes (actors/engines/vllm_model.py). The vLLM engine asks for it through ``hf_overrides``, so any
+   writes (models/engines/vllm_model.py). The vLLM engine asks for it through ``hf_overrides``, so any
    other use of vLLM in the same environment is untouched.
 2. Without torchvision (the CPU build is installed without it: README, "vLLM"), vLLM's
    Qwen2-VL module still imports ``smart_resize`` from transformers' torchvision image processor module.
@@ -11,7 +11,7 @@ It does four things, and only inside vLLM's processes:
    torchvision module's name resolve to a module holding just that function. Where torchvision is
    installed (vLLM's GPU build), nothing is changed.
 3. On vLLM's CPU build, replaces its LoRA ops with ones that take one matmul when a single adapter serves
-   the batch (actors/engines/vllm_cpu_lora.py; ``GTR_VLLM_FAST_CPU_LORA=0`` keeps vLLM's).
+   the batch (models/engines/vllm_cpu_lora.py; ``GTR_VLLM_FAST_CPU_LORA=0`` keeps vLLM's).
 4. Makes each process vLLM starts die with its parent. Seen here: after SIGTERM to a script holding an
    engine, vLLM's engine-core and worker processes lived on as orphans with 4.5 GB; a rollout actor that
    Ray kills would leave the same behind.
@@ -28,7 +28,7 @@ import sys
 import types
 
 POLICY_ARCHITECTURE = "GTRPolicyQwen2_5_VLForConditionalGeneration"
-POLICY_MODEL_CLASS = "actors.engines.vllm_model:PolicyQwen2_5_VL"
+POLICY_MODEL_CLASS = "models.engines.vllm_model:PolicyQwen2_5_VL"
 NEVER_WRITTEN = "gtr_never_written_token_ids"  # hf_overrides key: ids left out of the logits
 WRITABLE_VOCAB = "gtr_writable_vocab_size"  # hf_overrides key: ids from here on are left out (padded rows)
 FAST_CPU_LORA = "GTR_VLLM_FAST_CPU_LORA"  # "0": keep vLLM's own CPU LoRA ops (for before/after timing)
@@ -44,7 +44,7 @@ def register() -> None:
 
     ModelRegistry.register_model(POLICY_ARCHITECTURE, POLICY_MODEL_CLASS)
     if current_platform.is_cpu() and os.environ.get(FAST_CPU_LORA, "1") != "0":
-        from actors.engines import vllm_cpu_lora
+        from models.engines import vllm_cpu_lora
 
         vllm_cpu_lora.install()
 

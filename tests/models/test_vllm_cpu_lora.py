@@ -8,7 +8,7 @@ import torch
 pytestmark = pytest.mark.vllm
 
 lora_ops = pytest.importorskip("vllm.lora.ops.torch_ops.lora_ops")
-fast = pytest.importorskip("actors.engines.vllm_cpu_lora")
+fast = pytest.importorskip("models.engines.vllm_cpu_lora")
 
 SLOTS, N, IN, RANK, OUT = 3, 7, 16, 4, 12
 

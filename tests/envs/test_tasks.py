@@ -1,9 +1,9 @@
 import pytest
 
 import envs
-from actors.demos import expert_answer
-from actors.prompts import parse_response, spec_for
 from configs import load_config
+from core.answer import parse_response
+from envs.tasks import expert_answer, spec_for
 
 
 @pytest.mark.parametrize("env_id", [envs.POINTS24, envs.EZPOINTS, envs.NUMBERLINE, envs.BLACKJACK])

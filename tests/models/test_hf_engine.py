@@ -3,13 +3,13 @@
 import pytest
 import torch
 
-import actors.engines.hf as hf
 import envs
-from actors.engines.base import PromptInput, SamplingParams
-from actors.engines.hf import HFEngine
-from actors.prompts import prompt_text, spec_for
+import models.engines.hf as hf
 from envs.points24 import Points24Env
+from envs.tasks import prompt_text, spec_for
 from models import scoring
+from models.engines.base import PromptInput, SamplingParams
+from models.engines.hf import HFEngine
 from models.loading import load_vlm
 from models.lora import LoraSettings, add_lora
 from tests.actors.scripted import random_adapter

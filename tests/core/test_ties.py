@@ -1,10 +1,12 @@
 import pytest
 import torch
 
-from teacher.ties import (
+from core.ties import (
+    elect_and_mean,
     ema_weights,
     keep_count,
     linear_merge,
+    signed_sums,
     sma_weights,
     ties_merge,
     ties_merge_trimmed,
@@ -37,6 +39,18 @@ def test_weighted_mean_among_agreeing_values():
     # Two agreeing positives 4 (w 1) and 1 (w 3): (4 + 3) / 4 = 1.75; nothing is trimmed at density 1.
     taus = torch.tensor([[4.0], [1.0]])
     assert ties_merge(taus, torch.tensor([1.0, 3.0]), density=1.0).item() == 1.75
+
+
+def test_the_sign_and_mean_step_by_hand():
+    # Trimmed columns with weights (1, 1, 2):
+    #   entry 0: (0.3, -0.1, 0.2): P = 0.3 + 0.4 = 0.7, N = 0.1, Dp = 3, Dn = 1 -> + : 0.7 / 3
+    #   entry 1: (-0.5, 0.0, 0.1): P = 0.2, N = 0.5, Dp = 2, Dn = 1 -> - : -0.5 / 1 (the 0 counts for neither)
+    #   entry 2: (0.2, -0.2, 0.0): P = N = 0.2 -> no sign elected -> 0
+    trimmed = torch.tensor([[0.3, -0.5, 0.2], [-0.1, 0.0, -0.2], [0.2, 0.1, 0.0]], dtype=torch.float64)
+    sums = signed_sums(trimmed, torch.tensor([1.0, 1.0, 2.0]))
+    expected = [[0.7, 0.2, 0.2], [0.1, 0.5, 0.2], [3, 2, 1], [1, 1, 1]]
+    assert all(got.tolist() == pytest.approx(want) for got, want in zip(sums, expected, strict=True))
+    assert elect_and_mean(*sums).tolist() == pytest.approx([0.7 / 3, -0.5, 0.0])
 
 
 def test_linear_merge_and_weights():

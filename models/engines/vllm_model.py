@@ -1,6 +1,6 @@
 """vLLM's Qwen2.5-VL as our policy: images only, and the ids a policy never writes left out of its
-logits. Loaded inside vLLM only (registered by actors/engines/vllm_plugin.py), so it imports vLLM at the
-top; the vLLM engine selects it through ``hf_overrides`` (actors/engines/vllm.py).
+logits. Loaded inside vLLM only (registered by models/engines/vllm_plugin.py), so it imports vLLM at the
+top; the vLLM engine selects it through ``hf_overrides`` (models/engines/vllm.py).
 
 - **Never-written ids.** The transformers engine and the learner drop the vision placeholder ids and the
   padded embedding rows (ids >= the tokenizer's length) from every distribution they sample or score
@@ -26,7 +26,7 @@ from vllm.model_executor.models.qwen2_5_vl import (
 )
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
-from actors.engines.vllm_plugin import NEVER_WRITTEN, WRITABLE_VOCAB
+from models.engines.vllm_plugin import NEVER_WRITTEN, WRITABLE_VOCAB
 
 
 class ImageOnlyProcessor(Qwen2_5_VLProcessor):

@@ -1,5 +1,5 @@
 """A faster LoRA product for vLLM's CPU build, when one adapter serves the whole batch (always, in our engine:
-``max_loras=1``). Installed by actors/engines/vllm_plugin.py inside vLLM's processes on CPU only; loaded by
+``max_loras=1``). Installed by models/engines/vllm_plugin.py inside vLLM's processes on CPU only; loaded by
 vLLM only, so it imports vLLM at the top.
 
 vLLM's CPU LoRA ops (``vllm.lora.ops.torch_ops``, used by ``PunicaWrapperCPU``) support a different adapter

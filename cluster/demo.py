@@ -1,8 +1,8 @@
 """Play a few episodes with the scripted expert and write every frame as PNG (or a transcript).
 
-    python -m envs.demo --config configs/points24.yaml [--episodes 3] [--out runs/demo] [key=value ...]
+    python -m cluster.demo --config configs/points24.yaml [--episodes 3] [--out runs/demo] [key=value ...]
 
-This is the README's first command until the training job exists (issue 5). It exercises the
+It exercises the
 config loader, the env, its renderer and the solver, and prints one line per episode.
 """
 

@@ -13,7 +13,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from actors.prompts import ParsedResponse, PromptSpec, parse_response, token_masks
+from core.answer import ParsedResponse, PromptSpec, parse_response, token_masks
+from core.batch import Observation
+from envs import render
 from models.tokenizer import token_char_spans
 
 
@@ -24,6 +26,12 @@ class PromptInput:
     text: str
     image: np.ndarray | None = None  # (H, W, 3) uint8, or None for a text-only prompt
     tail: str = ""
+
+
+def prompt_input(observation: Observation) -> PromptInput:
+    """The engine input an observation stands for, its frame redrawn (batches keep the state, not pixels)."""
+    image = None if observation.frame is None else render.from_state(observation.frame)
+    return PromptInput(observation.text, image, observation.tail)
 
 
 @dataclass(frozen=True)

@@ -17,14 +17,14 @@ import psutil
 import pytest
 import torch
 
-import actors.engines.vllm as ve
 import envs
-from actors.engines.base import PromptInput, SamplingParams
-from actors.engines.hf import HFEngine
-from actors.prompts import prompt_text, spec_for
+import models.engines.vllm as ve
 from envs.points24 import Points24Env
+from envs.tasks import prompt_text, spec_for
 from learner.policy_model import PolicyModel
 from models import scoring
+from models.engines.base import PromptInput, SamplingParams
+from models.engines.hf import HFEngine
 from models.lora import LoraSettings
 from tests.actors.scripted import random_adapter
 from tests.conftest import vllm_device

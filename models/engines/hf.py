@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from transformers.cache_utils import DynamicLayer
 
-from actors.engines.base import Generation, PromptInput, SamplingParams, finish
-from actors.prompts import PromptSpec
+from core.answer import PromptSpec
 from models import scoring
+from models.engines.base import Generation, PromptInput, SamplingParams, finish
 from models.loading import load_vlm
 from models.lora import LoraSettings, MergedWeights, adapter_modules, iter_lora_deltas, lora_target_modules
 from models.processing import EncodedPrompt

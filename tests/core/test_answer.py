@@ -5,8 +5,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import envs
-from actors.prompts import SPECS, format_answer, parse_response, prompt_text, spec_for, token_masks
+from core.answer import format_answer, parse_response, token_masks
 from envs.points24 import Points24Env
+from envs.tasks import TASKS, prompt_text, spec_for
 from models.loading import load_processor
 from models.tokenizer import token_char_spans
 
@@ -15,17 +16,15 @@ ALF = spec_for(envs.ALFWORLD)
 
 
 def test_well_formed_answers_parse():
-    text = format_answer(
-        envs.POINTS24, {"cards": [10, 9, 7, 4], "formula": "", "thoughts": "plan 10*4-7-9", "action": "10"}
-    )
+    text = format_answer(P24, {"cards": [10, 9, 7, 4], "formula": "", "thoughts": "plan 10*4-7-9", "action": "10"})
     parsed = parse_response(text, P24)
     assert parsed.valid and parsed.action == 9 and parsed.action_text == "10" and parsed.thoughts == "plan 10*4-7-9"
     assert text[parsed.action_key_start :].startswith('"action"')
     nl = parse_response(
-        '{"current number": 1, "target number": 3, "thoughts": "go right", "action": "+"}', SPECS[envs.NUMBERLINE]
+        '{"current number": 1, "target number": 3, "thoughts": "go right", "action": "+"}', TASKS[envs.NUMBERLINE].spec
     )
     assert nl.valid and nl.action == 1
-    bj = parse_response('{"thoughts": "16 vs 10", "action": "HIT"}', SPECS[envs.BLACKJACK])
+    bj = parse_response('{"thoughts": "16 vs 10", "action": "HIT"}', TASKS[envs.BLACKJACK].spec)
     assert bj.valid and bj.action == 1  # action names are matched case-insensitively
     alf = parse_response('{"thoughts": "find the mug", "action": "go to countertop 1"}', ALF)
     assert alf.valid and alf.action == "go to countertop 1"
@@ -169,7 +168,7 @@ def _answer(env_id, action_json):
 )
 def test_a_number_names_the_action_its_decimal_form_spells(env_id, action_json, valid, action_text, action):
     text = _answer(env_id, action_json)
-    parsed = parse_response(text, SPECS[env_id])
+    parsed = parse_response(text, TASKS[env_id].spec)
     assert (parsed.valid, parsed.action_text, parsed.action) == (valid, action_text, action)
     assert text[parsed.action_key_start :] == f'"action": {action_json}}}'
 
@@ -183,7 +182,7 @@ def test_a_number_and_its_string_parse_alike_in_a_fence():
 
 def test_action_key_position_drives_the_masks():
     text = '{"thoughts": "t", "action": "+"}'
-    parsed = parse_response(text, SPECS[envs.NUMBERLINE])
+    parsed = parse_response(text, TASKS[envs.NUMBERLINE].spec)
     key = parsed.action_key_start
     assert key == text.index('"action"')
     # Four tokens: '{"thoughts": "t", ' | '"action"' | ': "+"}' | end token (zero width).
@@ -204,13 +203,13 @@ def test_prompts_put_the_fixed_instruction_first():
     text_mode = prompt_text(envs.POINTS24, first, False)
     assert "Your cards:" in text_mode.tail and "values" in text_mode.tail
     for env_id in envs.ENV_IDS:
-        assert env_id in SPECS
+        assert env_id in TASKS
 
 
 @settings(max_examples=500, deadline=None)
 @given(st.text(max_size=300))
 def test_arbitrary_text_never_raises(text):
-    for spec in SPECS.values():
+    for spec in (t.spec for t in TASKS.values()):
         parsed = parse_response(text, spec)
         if parsed.valid:
             assert parsed.action is not None and isinstance(parsed.thoughts, str)
@@ -226,7 +225,9 @@ def test_arbitrary_text_never_raises(text):
     action=st.sampled_from(P24.actions),
 )
 def test_expert_shaped_answers_round_trip(thoughts, cards, formula, action):
-    text = format_answer(envs.POINTS24, {"cards": cards, "formula": formula, "thoughts": thoughts, "action": action})
+    text = format_answer(
+        TASKS[envs.POINTS24].spec, {"cards": cards, "formula": formula, "thoughts": thoughts, "action": action}
+    )
     parsed = parse_response(text, P24)
     assert parsed.valid and parsed.thoughts == thoughts and P24.actions[parsed.action] == action
     assert text[parsed.action_key_start :] == f'"action": {json.dumps(action)}}}'

@@ -1,4 +1,7 @@
-"""The batch type that crosses from rollout to learner (and teacher): transitions and episode stats.
+"""The types that cross between roles: transitions, episode stats and teacher labels.
+
+Rollout workers make them, the learner and the teacher read them; all three import them from here,
+never from each other.
 
 A transition is one env step of one env. Prompts and responses are kept unpadded (padding happens
 per minibatch); the observation is kept compact, as the env's render state (a few bytes) rather than
@@ -12,23 +15,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from actors.engines.base import PromptInput
-from envs import render
-
 
 @dataclass(frozen=True)
 class Observation:
-    """What the policy saw at a step: its prompt text and, for image prompts, the frame's state."""
+    """What the policy saw at a step: its prompt text and, for image prompts, the frame's state.
 
-    text: str  # the user message before the image (prompts.PromptText)
+    ``models.engines.base.prompt_input`` redraws the frame and makes the engine's input.
+    """
+
+    text: str  # the user message before the image (core.answer.PromptText)
     tail: str  # and after it
     frame: tuple | None  # an env render_state(); None for a text-only prompt
-
-    def image(self) -> np.ndarray | None:
-        return None if self.frame is None else render.from_state(self.frame)
-
-    def prompt(self) -> PromptInput:
-        return PromptInput(self.text, self.image(), self.tail)
 
 
 @dataclass
@@ -54,6 +51,15 @@ class Transition:
     @property
     def done(self) -> bool:
         return self.terminated or self.truncated
+
+
+@dataclass
+class SFTLabel:
+    """A teacher-written answer for a visited state: train on ``loss_mask`` tokens (its thoughts)."""
+
+    observation: Observation
+    token_ids: list[int]  # (T,) the label, end token included
+    loss_mask: list[bool]  # (T,) thought tokens; the student's own action is context only
 
 
 @dataclass

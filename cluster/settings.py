@@ -6,9 +6,12 @@ the translations both the SFT trainer and the training roles use.
 
 from __future__ import annotations
 
-from actors.engines.base import SamplingParams
+import dataclasses
+
 from actors.rollout import RolloutSettings
 from configs.schema import Config
+from envs.tasks import task
+from models.engines.base import SamplingParams
 from models.lora import LoraSettings
 
 
@@ -31,6 +34,13 @@ def rollout_settings(cfg: Config, num_envs: int | None = None) -> RolloutSetting
     return RolloutSettings(
         num_envs or r.num_envs, r.thought_weight, r.format_valid, r.format_invalid, r.invalid_action, sampling(cfg)
     )
+
+
+def eval_env_config(cfg: Config):
+    """The env section evaluation uses: the same, but ALFWorld plays ``eval.alfworld_split``."""
+    if not task(cfg.env.id).split_by_file:
+        return cfg.env
+    return dataclasses.replace(cfg.env, alfworld=dataclasses.replace(cfg.env.alfworld, split=cfg.eval.alfworld_split))
 
 
 def eval_seed_base(cfg: Config) -> int:

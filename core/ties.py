@@ -42,18 +42,35 @@ def trim(task_vector: torch.Tensor, threshold: float) -> torch.Tensor:
     return torch.where(task_vector.abs() >= threshold, task_vector, torch.zeros_like(task_vector))
 
 
-def elect_sign(trimmed: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """(k, ...) trimmed task vectors, (k,) weights -> (...) elected signs in {-1, 0, 1}."""
-    return torch.sign(torch.tensordot(weights.to(trimmed.dtype), trimmed, dims=1))
-
-
-def disjoint_merge(trimmed: torch.Tensor, weights: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
-    """Per entry, the weighted mean of the values that agree with the elected sign."""
+def signed_sums(trimmed: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(k, ...) trimmed task vectors, (k,) weights -> four (...) sums per entry: P = sum_i w_i relu(t_i),
+    N = sum_i w_i relu(-t_i), and the weights behind each, Dp = sum of w_i where t_i > 0, Dn where t_i < 0."""
     w = weights.to(trimmed.dtype).view(-1, *([1] * (trimmed.dim() - 1)))
-    agree = (torch.sign(trimmed) == sign) & (sign != 0)
-    numerator = (w * trimmed * agree).sum(0)
-    denominator = (w * agree).sum(0)
-    return torch.where(denominator > 0, numerator / denominator.clamp(min=torch.finfo(trimmed.dtype).tiny), 0.0)
+    positive, negative = (trimmed > 0).to(trimmed.dtype), (trimmed < 0).to(trimmed.dtype)
+    magnitude = trimmed.abs()
+    return (
+        (w * magnitude * positive).sum(0),
+        (w * magnitude * negative).sum(0),
+        (w * positive).sum(0),
+        (w * negative).sum(0),
+    )
+
+
+def elect_and_mean(
+    pos_sum: torch.Tensor, neg_sum: torch.Tensor, pos_weight: torch.Tensor, neg_weight: torch.Tensor
+) -> torch.Tensor:
+    """Steps 2 and 3 from the four sums of ``signed_sums``; the reference and the streamed merge
+    (teacher/merge.py) both end here.
+
+    The elected sign is sign(P - N) = sign(sum_i w_i t_i); the merged value is the weighted mean of
+    the entries with that sign: P / Dp for +, -N / Dn for -, and 0 where P == N (nothing to elect).
+    Worked example (DESIGN.md): t = (0.3, -0.1, 0.2), w = 1 -> P = 0.5, N = 0.1, Dp = 2 -> 0.25.
+    """
+    return torch.where(
+        pos_sum > neg_sum,
+        pos_sum / pos_weight.clamp(min=1e-30),
+        torch.where(neg_sum > pos_sum, -neg_sum / neg_weight.clamp(min=1e-30), 0.0),
+    )
 
 
 def ties_merge(task_vectors: torch.Tensor, weights: torch.Tensor, density: float) -> torch.Tensor:
@@ -66,7 +83,7 @@ def ties_merge_trimmed(task_vectors: torch.Tensor, weights: torch.Tensor, thresh
     """TIES with precomputed trim thresholds, so a tensor can be merged in row chunks: the
     thresholds are properties of whole task vectors, the sign election and the mean are per entry."""
     trimmed = torch.stack([trim(tv, th) for tv, th in zip(task_vectors, thresholds, strict=True)])
-    return disjoint_merge(trimmed, weights, elect_sign(trimmed, weights))
+    return elect_and_mean(*signed_sums(trimmed, weights))
 
 
 def linear_merge(task_vectors: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

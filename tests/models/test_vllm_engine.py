@@ -1,5 +1,5 @@
 """The vLLM engine: its pure parts and its wiring around a stand-in (no vllm needed). The engine on real
-vLLM: tests/actors/test_vllm_real.py."""
+vLLM: tests/models/test_vllm_real.py."""
 
 import json
 import math
@@ -10,11 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import actors.engines.vllm as ve
 import envs
-from actors.engines.base import Generation, PromptInput, SamplingParams, finish
-from actors.prompts import prompt_text, spec_for
+import models.engines.vllm as ve
 from envs.points24 import Points24Env
+from envs.tasks import prompt_text, spec_for
+from models.engines.base import Generation, PromptInput, SamplingParams, finish
 from models.loading import load_processor
 from models.lora import LANGUAGE_MODEL_TARGETS, LoraSettings
 

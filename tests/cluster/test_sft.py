@@ -5,8 +5,8 @@ import torch
 
 import envs
 from actors.rollout import EVAL_SEED_BASE
+from cluster import sft
 from configs import load_config
-from learner import sft
 from models import scoring
 from models.loading import load_vlm
 
@@ -46,7 +46,7 @@ def test_demonstrations_skip_every_held_out_hand(tmp_path):
 
 def test_sft_lowers_the_loss_and_writes_a_loadable_checkpoint(tmp_path):
     cfg = _cfg(tmp_path, "sft.steps=40", "sft.lr=3e-3")
-    trainer = sft.SFTTrainer(cfg)
+    trainer = sft.make_trainer(cfg)
     stream = sft.demonstrations(cfg, set())
     fixed = [next(stream) for _ in range(8)]
     before = trainer.step(fixed)["loss"]
@@ -98,7 +98,7 @@ def test_alfworld_sft_trains_on_walkthroughs_and_evaluates_on_another_split(tmp_
 def test_vision_tower_is_frozen_by_default(tmp_path):
     for freeze in (True, False):
         cfg = _cfg(tmp_path, "env.obs_mode=image", f"sft.freeze_vision={freeze}")
-        trainer = sft.SFTTrainer(cfg)
+        trainer = sft.make_trainer(cfg)
         before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "visual" in n}
         stream = sft.demonstrations(cfg, set())
         trainer.step([next(stream) for _ in range(4)])
@@ -109,8 +109,9 @@ def test_vision_tower_is_frozen_by_default(tmp_path):
 def test_a_non_finite_step_stops_sft_before_its_optimizer_step(tmp_path):
     from learner.learner import NonFiniteError
 
-    trainer = sft.SFTTrainer(_cfg(tmp_path, "sft.steps=4"))
-    demos = [next(sft.demonstrations(trainer.cfg, set())) for _ in range(2)]
+    cfg = _cfg(tmp_path, "sft.steps=4")
+    trainer = sft.make_trainer(cfg)
+    demos = [next(sft.demonstrations(cfg, set())) for _ in range(2)]
     trainer.model.model.language_model.norm.weight.data[0] = float("nan")  # every log-prob becomes NaN
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     with pytest.raises(NonFiniteError, match="SFT step: loss nan.*not taken. Lower sft.lr"):

@@ -5,12 +5,12 @@ The same ``PolicyEngine`` Protocol as the transformers engine (hf.py); ``vllm`` 
 an engine is built, so this module imports on any machine. Everything that does not need vLLM is a pure
 function below (request building, output conversion, the adapter directories, log-prob rescaling) and is
 tested without it; ``VLLMEngine`` wires them to ``vllm.LLM``. Inside vLLM the policy is our architecture
-(actors/engines/vllm_model.py, registered by vllm_plugin.py): Qwen2.5-VL, images only, with the vision
+(models/engines/vllm_model.py, registered by vllm_plugin.py): Qwen2.5-VL, images only, with the vision
 placeholder ids and padded embedding rows left out of its logits, as the transformers engine and the
 learner leave them out.
 
 What this engine assumes of vLLM, each a test against real vLLM 0.32 (CPU build) in
-tests/actors/test_vllm_real.py, on the random embedded model in fp32 against the transformers engine:
+tests/models/test_vllm_real.py, on the random embedded model in fp32 against the transformers engine:
 - Sampled-token log-probs come from ``logprobs_mode="processed_logprobs"``: after the temperature and
   top-k. With ``top_k=0`` this is ``log_softmax(logits / T)``, the transformers engine's number (to 1e-4).
   With ``top_k > 0`` vLLM renormalises over the k kept tokens (the distribution actually sampled): the
@@ -55,9 +55,9 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from actors.engines.base import Generation, PromptInput, SamplingParams, finish
-from actors.engines.vllm_plugin import NEVER_WRITTEN, POLICY_ARCHITECTURE, WRITABLE_VOCAB
-from actors.prompts import PromptSpec
+from core.answer import PromptSpec
+from models.engines.base import Generation, PromptInput, SamplingParams, finish
+from models.engines.vllm_plugin import NEVER_WRITTEN, POLICY_ARCHITECTURE, WRITABLE_VOCAB
 from models.loading import resolve
 from models.lora import LANGUAGE_MODEL_TARGETS, LoraSettings
 from models.processing import VLProcessor

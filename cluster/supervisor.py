@@ -1,0 +1,348 @@
+"""The run's roles behind typed proxies, and what happens when one fails (issue 16).
+
+The driver (cluster/driver.py) calls ``rollouts.sample(rounds)``, ``teacher.kl(sampled)``,
+``learner.update(sampled, guidance)``: the same proxies in local and Ray mode, on top of the handles of
+cluster/system.py. They keep Ray's concurrency: a call on every rollout actor is started on all before
+any is waited for; values made by one role reach another as refs (ObjectRefs in Ray mode), never through
+the driver; the teacher's re-merge of a checkpoint is waited for only when the teacher is next needed.
+
+The ``Supervisor`` owns restarts, incarnations, the teacher's lifecycle and the messages that stop a run.
+What a failure does (STYLE.md 17; ``infrastructure`` in cluster/system.py says which failures are which):
+
+- an infrastructure failure (the actor died, out of memory, an env crashed: ``EnvCrashed``, an I/O error):
+  a rollout actor is replaced by a new incarnation (fresh episodes) that loads the current adapter and
+  redoes the call; the teacher is rebuilt from its on-disk buffer while training goes on without guidance,
+  those iterations counted (``teacher/unguided_iterations``), or with ``teacher.required`` the run stops;
+- a programming error (TypeError, AttributeError, AssertionError, KeyError, ...) in any role: the run stops
+  with its traceback, nothing is restarted (a new incarnation would fail the same way);
+- any failure of the learner stops the run (its state cannot be rebuilt between checkpoints).
+
+More than ``cluster.max_restarts`` replacements of one actor stop the run, naming the last failure.
+Every stop is a ``RunStopped`` naming the last good checkpoint and the command that resumes from it,
+chained to the role's error (whose traceback cluster/launch.py prints).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, NoReturn, TypeVar
+
+from cluster.system import Handle, Pending, RoleError, RoleFailed, RunStopped, System
+from configs import Config
+from core.batch import Batch, EpisodeStats
+from teacher.buffer import CheckpointBuffer
+
+T = TypeVar("T")
+
+
+@dataclass
+class Published:
+    version: int
+    adapter: Any  # an ObjectRef in Ray mode (stored once, loaded by reference), the state dict locally
+
+
+@dataclass
+class Sampled:
+    """One iteration's batches, one per rollout actor in worker order: the values (for the driver's metrics
+    and hooks) and the same batches as refs to pass on to the teacher and the learner."""
+
+    batches: list[Batch]
+    refs: list[Any]
+
+
+@dataclass
+class Guidance:
+    """The teacher's answer for the sampled batches, as a ref for the learner (one of the two is set)."""
+
+    kl: Any = None  # list[float]: the thought-token KL penalty of every transition, in batch order
+    labels: Any = None  # list[SFTLabel]: SFT-guidance labels
+
+
+class Later(Generic[T]):
+    """A call under way: ``result()`` waits for its value; a failure goes to ``on_failure``, which raises
+    (the run stops) or returns what to use instead."""
+
+    def __init__(self, pending: Pending, on_failure: Callable[[RoleError], T]):
+        self.pending, self.on_failure = pending, on_failure
+
+    def result(self) -> T:
+        try:
+            return self.pending.result()
+        except RoleError as error:
+            return self.on_failure(error)
+
+
+def stop_message(what: str, last_checkpoint: Path | None, run_dir: Path) -> str:
+    """What stopped a run, the last good checkpoint and the command that resumes from it."""
+    where = last_checkpoint or "none yet"
+    return f"{what}. Last good checkpoint: {where}. Resume with: python -m cluster.launch --resume {run_dir}"
+
+
+class Supervisor:
+    """Restarts and incarnations of one run's roles, its counters, and the messages that stop it."""
+
+    def __init__(self, cfg: Config, run_dir: Path, system: System, log: Callable[[str], None] = print):
+        self.cfg, self.run_dir, self.system, self.log = cfg, run_dir, system, log
+        self.incarnations = [0] * len(system.rollouts)
+        self.teacher_incarnation = 0
+        self.counters = {"rollout/restarts": 0, "teacher/restarts": 0}
+        if system.teacher is not None:
+            self.counters["teacher/unguided_iterations"] = 0  # iterations trained without guidance
+        self.last_checkpoint: Path | None = None
+        self.rollouts = Rollouts(self)
+        self.learner = LearnerProxy(self)
+        self.teacher = TeacherProxy(self) if system.teacher is not None else None
+
+    def restore(self, state: dict) -> None:
+        """Counters and incarnations from a checkpoint's driver state (a role replaced later counts on)."""
+        self.counters |= state["counters"]
+        self.incarnations = state["incarnations"]
+        self.teacher_incarnation = state["teacher_incarnation"]
+
+    def state(self) -> dict:
+        return {
+            "counters": self.counters,
+            "incarnations": self.incarnations,
+            "teacher_incarnation": self.teacher_incarnation,
+        }
+
+    # ------------------------------------------------------------------ failures
+
+    def replace_rollout(self, index: int, error: RoleError, doing: str) -> Handle:
+        """A new incarnation of rollout actor ``index`` after ``error`` (recoverable ones only)."""
+        self.stop_unless_recoverable(error)
+        self.log(f"{error}; starting a new rollout-{index} and redoing its {doing}")
+        self.incarnations[index] += 1
+        self._within_restarts(self.incarnations[index], f"rollout-{index}", error)
+        self.counters["rollout/restarts"] += 1
+        return self.system.replace_rollout(index, self.incarnations[index])
+
+    def rebuild_teacher(self, error: RoleError) -> Handle:
+        """A new teacher, rebuilding from its on-disk buffer, after ``error`` (not waited for)."""
+        self.stop_unless_recoverable(error)
+        if self.cfg.teacher.required:
+            what = f"{error}; teacher.required is true, so the run stops rather than train without guidance"
+            raise self.stopped(what) from error
+        self.log(f"{error}; rebuilding the teacher from its checkpoint buffer, training goes on without guidance")
+        self.teacher_incarnation += 1
+        self._within_restarts(self.teacher_incarnation, "the teacher", error)
+        self.counters["teacher/restarts"] += 1
+        return self.system.replace_teacher(self.teacher_incarnation)
+
+    def stop_unless_recoverable(self, error: RoleError) -> None:
+        """A programming error in a role stops the run at once: a new incarnation would fail the same way."""
+        if not error.recoverable:
+            what = (
+                f"{error}: not an infrastructure failure (an actor that died, out of memory, an env crash), so "
+                "nothing is restarted"
+            )
+            raise self.stopped(what) from error
+
+    def learner_failed(self, method: str, error: Exception) -> RunStopped:
+        """Any learner failure stops the run (its state cannot be rebuilt between checkpoints)."""
+        what = str(error) if isinstance(error, RoleFailed) else f"the learner failed in {method} ({error})"
+        return self.stopped(what)
+
+    def stopped(self, what: str) -> RunStopped:
+        """The ``RunStopped`` to raise ``from`` the role's error (whose traceback stays attached)."""
+        return RunStopped(stop_message(what, self.last_checkpoint, self.run_dir), what)
+
+    def _within_restarts(self, incarnation: int, who: str, error: RoleError) -> None:
+        limit = self.cfg.cluster.max_restarts
+        if incarnation > limit:
+            what = f"{who} failed or died {incarnation} times (cluster.max_restarts={limit}); the last time: {error}"
+            raise self.stopped(what) from error
+
+
+class Rollouts:
+    """The rollout actors as one: each method runs on every actor in parallel and returns in worker order.
+    An actor that fails recoverably (this call, or the adapter load queued before it) is replaced by a new
+    incarnation holding the current adapter, and its part is redone."""
+
+    def __init__(self, supervisor: Supervisor):
+        self.supervisor = supervisor
+        self.published: Published | None = None  # what a new incarnation loads
+        self.loads: dict[int, Pending] = {}  # adapter loads queued on actors, checked with their next call
+
+    def __len__(self) -> int:
+        return len(self.supervisor.system.rollouts)
+
+    def sample(self, rounds: int) -> Sampled:
+        """``rounds`` lock-step rounds of every actor's K envs."""
+        done = self._on_each("sample", lambda i: (rounds,))
+        return Sampled([batch for batch, _ in done], [ref for _, ref in done])
+
+    def evaluate(self, episodes: int) -> list[EpisodeStats]:
+        """Held-out episodes ``0 .. episodes - 1``, split over the actors."""
+        n = len(self)
+        shares = [(episodes * i // n, episodes * (i + 1) // n - episodes * i // n) for i in range(n)]
+        return [e for part, _ in self._on_each("evaluate", lambda i: shares[i]) for e in part]
+
+    def load_adapter(self, published: Published) -> None:
+        """Queue ``published`` on every actor, before its next call (a new incarnation gets it too)."""
+        self.published = published
+        for i, handle in enumerate(self.supervisor.system.rollouts):
+            self._queue_load(i, handle)
+
+    def save(self, folder: Path) -> None:
+        self._on_each("save", lambda i: (str(folder / f"rollout-{i}.pt"),))
+
+    def load(self, folder: Path) -> None:
+        self._on_each("load", lambda i: (str(folder / f"rollout-{i}.pt"),))
+
+    def _queue_load(self, index: int, handle: Handle) -> None:
+        if self.published is not None:
+            self.loads[index] = handle.call("load_adapter", self.published.adapter, self.published.version)
+
+    def _on_each(self, method: str, args_for: Callable[[int], tuple]) -> list[tuple[Any, Any]]:
+        """[(value, ref)] of ``method`` on every actor, started on all before any is waited for."""
+        pendings = [h.call(method, *args_for(i)) for i, h in enumerate(self.supervisor.system.rollouts)]
+        out = []
+        for i, pending in enumerate(pendings):
+            while True:
+                try:
+                    load = self.loads.pop(i, None)
+                    if load is not None:
+                        load.result()
+                    out.append((pending.result(), pending.ref))
+                    break
+                except RoleError as error:
+                    handle = self.supervisor.replace_rollout(i, error, method)
+                    self._queue_load(i, handle)
+                    pending = handle.call(method, *args_for(i))
+        return out
+
+
+class LearnerProxy:
+    """The learner. Any failure of it stops the run, naming the last good checkpoint."""
+
+    def __init__(self, supervisor: Supervisor):
+        self.supervisor = supervisor
+
+    @property
+    def handle(self) -> Handle:
+        return self.supervisor.system.learner
+
+    def update(self, sampled: Sampled, guidance: Guidance | None) -> dict[str, float]:
+        """One PPO update over the sampled batches, shaped by the guidance (None: plain PPO)."""
+        guidance = guidance or Guidance()
+        return self._result("update", self.handle.call("update", guidance.kl, guidance.labels, *sampled.refs))
+
+    def publish(self) -> Published:
+        """A new policy version; its adapter stays a ref (Ray: stored once, loaded by reference)."""
+        return self._published("publish")
+
+    def current(self) -> Published:
+        """The version last published (a resumed run hands it to every actor)."""
+        return self._published("current")
+
+    def save(self, path: Path) -> Later[None]:
+        """Started, not waited for: the rollout actors save beside it."""
+        return Later(self.handle.call("save", str(path)), lambda error: self._stop("save", error))
+
+    def load(self, path: Path) -> None:
+        self._result("load", self.handle.call("load", str(path)))
+
+    def _published(self, method: str) -> Published:
+        version, adapter = self.handle.call2(method)
+        return Published(self._result(method, version), adapter.ref)
+
+    def _result(self, method: str, pending: Pending) -> Any:
+        try:
+            return pending.result()
+        except Exception as error:
+            self._stop(method, error)
+
+    def _stop(self, method: str, error: Exception) -> NoReturn:
+        raise self.supervisor.learner_failed(method, error) from error
+
+
+class TeacherProxy:
+    """The merged teacher and its lifecycle. Checkpoints sent to it are merged in the background (Ray: the
+    re-merge of version v overlaps the sampling with v) and waited for when it is next needed; a failure
+    rebuilds it from its buffer (``Supervisor.rebuild_teacher``), and until the new one is up and has merged
+    every checkpoint it is not asked for guidance."""
+
+    def __init__(self, supervisor: Supervisor):
+        self.supervisor = supervisor
+        self.unmerged: list[tuple[Published, Pending]] = []  # sent, merge not yet confirmed
+        self.starting: Pending | None = None  # a rebuilt teacher's "ready" call
+        self.stats: dict[str, float] = {}  # of the last merge confirmed
+
+    @property
+    def handle(self) -> Handle:
+        return self.supervisor.system.teacher
+
+    def merged(self, wait: bool = False) -> bool:
+        """Wait until every checkpoint sent is merged; False when the teacher failed, or (without ``wait``)
+        while a rebuilt one is still starting."""
+        if self.starting is not None:
+            if not (wait or self.starting.ready()):
+                return False
+            if not self._answered(self.starting):
+                return False
+            self.supervisor.log(f"{self.handle.name} is back: guidance resumes")
+            self.starting = None
+        try:
+            for _, pending in self.unmerged:
+                self.stats = pending.result()
+        except RoleError as error:
+            self._failed(error)
+            return False
+        self.unmerged.clear()
+        return True
+
+    def guide(self, sampled: Sampled) -> Guidance | None:
+        """The guidance ``teacher.guidance`` names; None when the teacher failed (it is rebuilt)."""
+        return {"kl": self.kl, "sft": self.labels}[self.supervisor.cfg.teacher.guidance](sampled)
+
+    def kl(self, sampled: Sampled) -> Guidance | None:
+        """Thought-token KL penalties of every sampled transition (GTR-Turbo-KL)."""
+        pending = self.handle.call("kl", *sampled.refs)
+        return Guidance(kl=pending.ref) if self._answered(pending) else None
+
+    def labels(self, sampled: Sampled) -> Guidance | None:
+        """The teacher's answers for the sampled prompts (GTR-Turbo-SFT)."""
+        pending = self.handle.call("labels", *sampled.refs)
+        return Guidance(labels=pending.ref) if self._answered(pending) else None
+
+    def add_checkpoint(self, published: Published) -> None:
+        """Hand the new version over; the re-merge is confirmed when the teacher is next needed."""
+        pending = self.handle.call("add_checkpoint", published.adapter, published.version)
+        self.unmerged.append((published, pending))
+        if self.starting is None and all(p.ready() for _, p in self.unmerged):
+            self.merged()  # local mode: merged already; record its stats now
+
+    def evaluate(self, episodes: int) -> Later[list[EpisodeStats] | None] | None:
+        """Held-out episodes of the merged teacher as a policy, started (the student's run beside them);
+        None while it rebuilds, and a result of None when it fails on the way."""
+        if not self.merged():
+            return None
+        return Later(self.handle.call("evaluate", 0, episodes), self._failed)
+
+    def save(self, folder: Path) -> None:
+        """Its RNG and a copy of its buffer, once it has merged every checkpoint sent (a rebuilding teacher
+        is waited for: the checkpoint must be complete)."""
+        saved = False
+        while not saved:  # a failure rebuilds the teacher (up to cluster.max_restarts): the new one saves
+            saved = self.merged(wait=True) and self._answered(self.handle.call("save", str(folder / "teacher.pt")))
+        CheckpointBuffer(self.supervisor.system.buffer_dir).copy_into(folder / "teacher")
+
+    def load(self, path: Path) -> None:
+        self._answered(self.handle.call("load", str(path)))
+
+    def _answered(self, pending: Pending) -> bool:
+        """Whether ``pending`` came back; a failure rebuilds the teacher."""
+        try:
+            pending.result()
+        except RoleError as error:
+            self._failed(error)
+            return False
+        return True
+
+    def _failed(self, error: RoleError) -> None:
+        handle = self.supervisor.rebuild_teacher(error)
+        self.starting = handle.call("ready")
+        self.unmerged = [(p, handle.call("add_checkpoint", p.adapter, p.version)) for p, _ in self.unmerged]

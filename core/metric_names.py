@@ -1,0 +1,59 @@
+"""Metric names, in one place (STYLE.md 12). Every name is namespaced and stable across versions; the
+roles that measure a thing and the readers (progress line, run summary, plots, experiment tables) all
+use these constants.
+
+- ``rollout/``: training episodes that finished this iteration (``summarize``'s keys: return, success,
+  length, format validity, success on solvable hands), the step counts, the policy version published at
+  the end of the iteration, ``stale_steps`` (steps sampled by an older policy than the one just
+  updated: 0, the loop is on-policy) and rollout actor restarts;
+- ``losses/``: the learner's (policy, value, entropy, clip fraction, approx KL, grad norm, lr, ...);
+- ``teacher/``: KL penalty, merge time, checkpoints in the buffer, merged version, SFT labels, restarts,
+  and the iterations that ran without guidance;
+- ``eval/``: held-out episodes of the student, and ``eval/teacher_*`` of the merged teacher as a policy;
+- ``time/``: seconds per phase and per iteration.
+"""
+
+from __future__ import annotations
+
+ROLLOUT, LOSSES, TEACHER, EVAL, EVAL_TEACHER, TIME = (
+    "rollout/",
+    "losses/",
+    "teacher/",
+    "eval/",
+    "eval/teacher_",
+    "time/",
+)
+
+ITERATION = "iteration"
+
+ENV_STEPS = "rollout/env_steps"
+TOTAL_ENV_STEPS = "rollout/total_env_steps"
+POLICY_VERSION = "rollout/policy_version"
+SUCCESS = "rollout/success"
+RETURN = "rollout/return"
+STEP_FORMAT_VALID = "rollout/step_format_valid"
+STEP_REWARD = "rollout/step_reward"
+STALE_STEPS = "rollout/stale_steps"
+ROLLOUT_RESTARTS = "rollout/restarts"
+
+POLICY_LOSS = "losses/policy"
+VALUE_LOSS = "losses/value"
+ENTROPY = "losses/entropy"
+EXPLAINED_VARIANCE = "losses/explained_variance"
+ADVANTAGE_MEAN = "losses/advantage_mean"
+LR = "losses/lr"
+OPTIMIZER_STEPS = "losses/optimizer_steps"
+
+TEACHER_KL = "teacher/kl"
+MERGE_SECONDS = "teacher/merge_seconds"
+TEACHER_CHECKPOINTS = "teacher/checkpoints"
+MERGED_VERSION = "teacher/merged_version"
+SFT_LABELS = "teacher/labels"
+TEACHER_RESTARTS = "teacher/restarts"
+
+EVAL_SUCCESS = "eval/success"
+EVAL_RETURN = "eval/return"
+EVAL_TEACHER_SUCCESS = "eval/teacher_success"
+EVAL_TEACHER_RETURN = "eval/teacher_return"
+
+ITERATION_SECONDS = "time/iteration"

@@ -38,6 +38,7 @@ from cluster import checkpoint, metrics
 from cluster.supervisor import Guidance, Published, Supervisor
 from cluster.system import RunStopped, System
 from configs import Config
+from core import metric_names as names
 from core.batch import Batch, summarize
 from teacher.buffer import CheckpointBuffer
 
@@ -99,7 +100,7 @@ class Trainer:
             with phase("score"):
                 guidance = self.teacher.guide(sampled) if merged else None
             if guidance is None:  # the teacher is being rebuilt: this iteration trains without guidance
-                self.counters["teacher/unguided_iterations"] += 1
+                self.counters[names.UNGUIDED_ITERATIONS] += 1
         with phase("learn"):
             learned = self.learner.update(sampled, guidance)
         with phase("publish"):
@@ -119,7 +120,7 @@ class Trainer:
                 self.checkpoint(index)
         teacher = {}
         if self.teacher is not None:
-            teacher = self.teacher.stats | {"teacher/skipped": float(guidance is None)}
+            teacher = self.teacher.stats | {names.TEACHER_SKIPPED: float(guidance is None)}
         return metrics.iteration_record(
             index=index,
             env_steps=len(transitions),
@@ -143,10 +144,10 @@ class Trainer:
         """Held-out episodes: the student's split over the rollout actors, the teacher's beside them."""
         n = self.cfg.eval.episodes
         teacher = self.teacher.evaluate(n) if self.teacher is not None and self.cfg.train.eval_teacher else None
-        out = {f"eval/{k}": v for k, v in summarize(self.rollouts.evaluate(n)).items()}
+        out = {names.EVAL + k: v for k, v in summarize(self.rollouts.evaluate(n)).items()}
         episodes = teacher.result() if teacher is not None else None  # None: the teacher failed, rebuilding
         if episodes is not None:
-            out |= {f"eval/teacher_{k}": v for k, v in summarize(episodes).items()}
+            out |= {names.EVAL_TEACHER + k: v for k, v in summarize(episodes).items()}
         return out
 
     # ------------------------------------------------------------------ checkpoints and resume

@@ -36,6 +36,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from cluster.runlog import read_records
 from configs import ConfigError, load_config
+from core import metric_names as names
 
 
 @dataclass
@@ -170,8 +171,8 @@ def curves(output: Path, spec: ExperimentSpec) -> dict[str, dict[int, list[tuple
             path = output / run / f"seed{seed}" / "metrics.jsonl"
             if not (path.parent / "summary.md").is_file():
                 continue
-            points = [(0, {f"eval/{k}": v for k, v in start.items()})] if start else []
-            points += [(r["rollout/total_env_steps"], r) for r in read_records(path) if "eval/success" in r]
+            points = [(0, {names.EVAL + k: v for k, v in start.items()})] if start else []
+            points += [(r[names.TOTAL_ENV_STEPS], r) for r in read_records(path) if names.EVAL_SUCCESS in r]
             out.setdefault(run, {})[seed] = points
     return out
 
@@ -203,17 +204,17 @@ def results_table(output: Path, spec: ExperimentSpec) -> str:
     for run, seeds in data.items():
         finals = [points[-1][1] for points in seeds.values()]
         gaps = [
-            r["eval/teacher_success"] - r["eval/success"]
+            r[names.EVAL_TEACHER_SUCCESS] - r[names.EVAL_SUCCESS]
             for points in seeds.values()
             for _, r in points[1:]
-            if "eval/teacher_success" in r
+            if names.EVAL_TEACHER_SUCCESS in r
         ]
         minutes = [_minutes(output / run / f"seed{s}") for s in seeds]
         lines.append(
-            f"| {run} | {len(seeds)} | {_stat([r['eval/success'] for r in finals], True)} | "
-            f"{_stat([r.get('eval/success_solvable', r['eval/success']) for r in finals], True)} | "
-            f"{_stat([r['eval/return'] for r in finals], False)} | "
-            f"{_stat([r['eval/teacher_success'] for r in finals if 'eval/teacher_success' in r], True)} | "
+            f"| {run} | {len(seeds)} | {_stat([r[names.EVAL_SUCCESS] for r in finals], True)} | "
+            f"{_stat([r.get(names.EVAL_SUCCESS_SOLVABLE, r[names.EVAL_SUCCESS]) for r in finals], True)} | "
+            f"{_stat([r[names.EVAL_RETURN] for r in finals], False)} | "
+            f"{_stat([r[names.EVAL_TEACHER_SUCCESS] for r in finals if names.EVAL_TEACHER_SUCCESS in r], True)} | "
             f"{(f'{100 * np.mean(gaps):+.1f} points') if gaps else '-'} | "
             f"{np.mean([m for m in minutes if m]) if any(minutes) else 0:.1f} |"
         )
@@ -227,13 +228,13 @@ def teacher_table(output: Path, spec: ExperimentSpec) -> str:
         "|---|---|---|---|---|---|",
     ]
     for run, seeds in curves(output, spec).items():
-        steps = sorted({s for points in seeds.values() for s, r in points if "eval/teacher_success" in r})
+        steps = sorted({s for points in seeds.values() for s, r in points if names.EVAL_TEACHER_SUCCESS in r})
         for step in steps:
             pairs = [
-                (r["eval/success"], r["eval/teacher_success"])
+                (r[names.EVAL_SUCCESS], r[names.EVAL_TEACHER_SUCCESS])
                 for points in seeds.values()
                 for s, r in points
-                if s == step and "eval/teacher_success" in r
+                if s == step and names.EVAL_TEACHER_SUCCESS in r
             ]
             student, teacher = np.mean([p[0] for p in pairs]), np.mean([p[1] for p in pairs])
             lines.append(
@@ -257,7 +258,7 @@ def plot(output: Path, spec: ExperimentSpec, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 5))
     for run, seeds in curves(output, spec).items():
         steps = sorted({s for points in seeds.values() for s, _ in points})
-        rows = [[dict(points).get(s, {}).get("eval/success") for s in steps] for points in seeds.values()]
+        rows = [[dict(points).get(s, {}).get(names.EVAL_SUCCESS) for s in steps] for points in seeds.values()]
         mean = [np.mean([r[i] for r in rows if r[i] is not None]) for i in range(len(steps))]
         low = [min(r[i] for r in rows if r[i] is not None) for i in range(len(steps))]
         high = [max(r[i] for r in rows if r[i] is not None) for i in range(len(steps))]

@@ -40,6 +40,7 @@ from cluster.supervisor import stop_message
 from cluster.system import LocalSpawner, RunStopped, Spawner, System, local_device
 from configs import Config, ConfigError, load_config
 from configs.loader import parse_cli, to_yaml
+from core import metric_names as names
 from models.loading import resolve
 
 
@@ -115,8 +116,8 @@ def _train(cfg: Config, run_dir: Path, trainer: Trainer, latest: Path | None, lo
     try:
         if start == 0 and cfg.train.eval_before:
             began = time.perf_counter()
-            record = {"iteration": 0, "rollout/total_env_steps": 0} | trainer.evaluate()
-            runlog.write(record | {"time/eval": time.perf_counter() - began})
+            record = {names.ITERATION: 0, names.TOTAL_ENV_STEPS: 0} | trainer.evaluate()
+            runlog.write(record | {names.EVAL_SECONDS: time.perf_counter() - began})
         for index in range(start + 1, cfg.train.iterations + 1):
             record = trainer.iteration(index)
             runlog.write(record)
@@ -274,9 +275,9 @@ def start_spawner(cfg: Config, run_dir: Path, log) -> Spawner:
 
 
 def _sft_warm_start(cfg: Config) -> str:
-    from cluster import sft
+    from cluster.warm_start import run
 
-    sft.run(cfg, evaluate_at_end=False)
+    run(cfg, evaluate_at_end=False)
     return cfg.sft.output
 
 

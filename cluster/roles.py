@@ -25,6 +25,7 @@ import torch
 from actors.rollout import RolloutWorker
 from cluster.settings import eval_env_config, eval_sampling, eval_seed_base, lora_settings, rollout_settings, sampling
 from configs import Config
+from core import metric_names as names
 from core.batch import Batch, EpisodeStats, SFTLabel
 from envs.tasks import spec_for
 from learner.learner import Learner
@@ -151,7 +152,7 @@ class LearnerRole:
         self.replay.extend(labels or ())
         stats = self.learner.update(list(batches), kl, list(self.replay))
         if labels is not None:
-            stats["teacher/labels"] = float(len(self.replay))
+            stats[names.SFT_LABELS] = float(len(self.replay))
         return stats
 
     def publish(self) -> tuple[int, dict[str, torch.Tensor]]:

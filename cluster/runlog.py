@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cluster import metrics
+from core import metric_names as names
 
 EVAL_COLUMNS = (
     ("success", "success"),
@@ -33,7 +34,7 @@ class RunLog:
         self.run_dir, self.log = run_dir, log
         self.path = run_dir / "metrics.jsonl"
         if resume_iteration is not None and self.path.exists():
-            kept = [r for r in read_records(self.path) if r.get("iteration", 0) <= resume_iteration]
+            kept = [r for r in read_records(self.path) if r.get(names.ITERATION, 0) <= resume_iteration]
             self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
         self._sink = open(self.path, "a")
         self._tb = _tensorboard(run_dir / "tb", None if resume_iteration is None else resume_iteration + 1)
@@ -43,8 +44,8 @@ class RunLog:
         self._sink.flush()
         if self._tb is not None:
             for key, value in record.items():
-                if key != "iteration" and isinstance(value, int | float) and math.isfinite(value):
-                    self._tb.add_scalar(key, value, record["iteration"])
+                if key != names.ITERATION and isinstance(value, int | float) and math.isfinite(value):
+                    self._tb.add_scalar(key, value, record[names.ITERATION])
             self._tb.flush()
         self.log(metrics.progress_line(record))
 
@@ -84,7 +85,7 @@ def _tensorboard(folder: Path, purge_step: int | None):
 
 
 def _evaluations(records: list[dict]) -> list[dict]:
-    return [r for r in records if "eval/success" in r]
+    return [r for r in records if names.EVAL_SUCCESS in r]
 
 
 def start_end_table(records: list[dict]) -> str:
@@ -93,13 +94,13 @@ def start_end_table(records: list[dict]) -> str:
     if not evals:
         return "(no evaluation recorded)"
     first, last = evals[0], evals[-1]
-    rows = [(f"student at start (iteration {first['iteration']})", first, "eval/")]
+    rows = [(f"student at start (iteration {first[names.ITERATION]})", first, names.EVAL)]
     if last is not first:
-        rows.append((f"student at end (iteration {last['iteration']})", last, "eval/"))
-    teacher = next((r for r in reversed(evals) if "eval/teacher_success" in r), None)
+        rows.append((f"student at end (iteration {last[names.ITERATION]})", last, names.EVAL))
+    teacher = next((r for r in reversed(evals) if names.EVAL_TEACHER_SUCCESS in r), None)
     if teacher is not None:
-        version = int(teacher.get("teacher/merged_version", 0))
-        rows.append((f"merged teacher (iteration {teacher['iteration']}, v{version})", teacher, "eval/teacher_"))
+        version = int(teacher.get(names.MERGED_VERSION, 0))
+        rows.append((f"merged teacher (iteration {teacher[names.ITERATION]}, v{version})", teacher, names.EVAL_TEACHER))
     head = "| policy | " + " | ".join(label for _, label in EVAL_COLUMNS) + " |"
     lines = [head, "|---" * (len(EVAL_COLUMNS) + 1) + "|"]
     for name, record, prefix in rows:
@@ -116,8 +117,8 @@ def _cell(value, key: str) -> str:
 
 def unguided_line(records: list[dict]) -> str:
     """ "N of M iterations ran without guidance (...)" when N > 0, else "" (STYLE.md 17: never silent)."""
-    trained = [r for r in records if r.get("iteration", 0) > 0]
-    unguided = int(sum(r.get("teacher/skipped", 0) for r in trained))
+    trained = [r for r in records if r.get(names.ITERATION, 0) > 0]
+    unguided = int(sum(r.get(names.TEACHER_SKIPPED, 0) for r in trained))
     if not unguided:
         return ""
     return (
@@ -127,19 +128,19 @@ def unguided_line(records: list[dict]) -> str:
 
 
 def summary_markdown(run_dir: Path, records: list[dict], table: str) -> str:
-    trained = [r for r in records if r.get("iteration", 0) > 0]
+    trained = [r for r in records if r.get(names.ITERATION, 0) > 0]
     unguided = unguided_line(records)
     last = trained[-1] if trained else {}
-    seconds = sum(r.get("time/iteration", 0.0) for r in trained)
+    seconds = sum(r.get(names.ITERATION_SECONDS, 0.0) for r in trained)
     lines = [
         f"# Run summary: {run_dir.name}",
         "",
-        f"- iterations: {last.get('iteration', 0)}, env steps: {int(last.get('rollout/total_env_steps', 0))}, "
-        f"policy version: {int(last.get('rollout/policy_version', 0))}",
+        f"- iterations: {last.get(names.ITERATION, 0)}, env steps: {int(last.get(names.TOTAL_ENV_STEPS, 0))}, "
+        f"policy version: {int(last.get(names.POLICY_VERSION, 0))}",
         f"- training time (sum of iteration times): {seconds / 60:.1f} min",
-        f"- rollout actor restarts: {int(last.get('rollout/restarts', 0))}, teacher restarts: "
-        f"{int(last.get('teacher/restarts', 0))}, iterations without guidance: "
-        f"{int(sum(r.get('teacher/skipped', 0) for r in trained))}",
+        f"- rollout actor restarts: {int(last.get(names.ROLLOUT_RESTARTS, 0))}, teacher restarts: "
+        f"{int(last.get(names.TEACHER_RESTARTS, 0))}, iterations without guidance: "
+        f"{int(sum(r.get(names.TEACHER_SKIPPED, 0) for r in trained))}",
         *([f"- **{unguided}**"] if unguided else []),
         "",
         "## Start and end (held-out episodes)",
@@ -151,12 +152,16 @@ def summary_markdown(run_dir: Path, records: list[dict], table: str) -> str:
         "| iteration | env steps | success | success (solvable) | return | format valid | teacher success |",
         "|---|---|---|---|---|---|---|",
     ]
+    columns = (
+        (names.EVAL_SUCCESS, "s"),
+        (names.EVAL_SUCCESS_SOLVABLE, "s"),
+        (names.EVAL_RETURN, "return"),
+        (names.EVAL_FORMAT_VALID, "s"),
+        (names.EVAL_TEACHER_SUCCESS, "s"),
+    )
     for r in _evaluations(records):
-        lines.append(
-            f"| {r['iteration']} | {int(r.get('rollout/total_env_steps', 0))} | {_cell(r.get('eval/success'), 's')} | "
-            f"{_cell(r.get('eval/success_solvable'), 's')} | {_cell(r.get('eval/return'), 'return')} | "
-            f"{_cell(r.get('eval/format_valid'), 's')} | {_cell(r.get('eval/teacher_success'), 's')} |"
-        )
+        cells = " | ".join(_cell(r.get(key), kind) for key, kind in columns)
+        lines.append(f"| {r[names.ITERATION]} | {int(r.get(names.TOTAL_ENV_STEPS, 0))} | {cells} |")
     lines += ["", "Curves: curves.png; every metric: metrics.jsonl and tb/ (tensorboard --logdir tb)."]
     return "\n".join(lines) + "\n"
 
@@ -170,19 +175,19 @@ def plot_curves(records: list[dict], path: Path) -> None:
     except ImportError:
         return
     panels = (
-        ("held-out and training success", ("eval/success", "eval/teacher_success", "rollout/success")),
-        ("return", ("eval/return", "eval/teacher_return", "rollout/return")),
-        ("policy loss, entropy / 10", ("losses/policy", "losses/entropy_scaled")),
-        ("value loss", ("losses/value",)),
-        ("teacher KL penalty (thought tokens)", ("teacher/kl",)),
-        ("seconds per phase", tuple(f"time/{p}" for p in metrics.PHASES)),
+        ("held-out and training success", (names.EVAL_SUCCESS, names.EVAL_TEACHER_SUCCESS, names.SUCCESS)),
+        ("return", (names.EVAL_RETURN, names.EVAL_TEACHER_RETURN, names.RETURN)),
+        ("policy loss, entropy / 10", (names.POLICY_LOSS, "losses/entropy_scaled")),
+        ("value loss", (names.VALUE_LOSS,)),
+        ("teacher KL penalty (thought tokens)", (names.TEACHER_KL,)),
+        ("seconds per phase", tuple(names.TIME + p for p in metrics.PHASES)),
     )
-    scaled = [{"losses/entropy_scaled": r["losses/entropy"] / 10} if "losses/entropy" in r else {} for r in records]
+    scaled = [{"losses/entropy_scaled": r[names.ENTROPY] / 10} if names.ENTROPY in r else {} for r in records]
     records = [r | extra for r, extra in zip(records, scaled, strict=True)]
     fig, axes = plt.subplots(2, 3, figsize=(15, 7))
     for ax, (title, keys) in zip(axes.flat, panels, strict=True):
         for key in keys:
-            points = [(r.get("rollout/total_env_steps", 0), r[key]) for r in records if key in r]
+            points = [(r.get(names.TOTAL_ENV_STEPS, 0), r[key]) for r in records if key in r]
             if points:
                 xs, ys = zip(*points, strict=True)
                 ax.plot(xs, ys, marker="o", markersize=3, label=key)

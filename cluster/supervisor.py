@@ -31,6 +31,7 @@ from typing import Any, Generic, NoReturn, TypeVar
 
 from cluster.system import Handle, Pending, RoleError, RoleFailed, RunStopped, System
 from configs import Config
+from core import metric_names as names
 from core.batch import Batch, EpisodeStats
 from teacher.buffer import CheckpointBuffer
 
@@ -87,9 +88,9 @@ class Supervisor:
         self.cfg, self.run_dir, self.system, self.log = cfg, run_dir, system, log
         self.incarnations = [0] * len(system.rollouts)
         self.teacher_incarnation = 0
-        self.counters = {"rollout/restarts": 0, "teacher/restarts": 0}
+        self.counters = {names.ROLLOUT_RESTARTS: 0, names.TEACHER_RESTARTS: 0}
         if system.teacher is not None:
-            self.counters["teacher/unguided_iterations"] = 0  # iterations trained without guidance
+            self.counters[names.UNGUIDED_ITERATIONS] = 0  # iterations trained without guidance
         self.last_checkpoint: Path | None = None
         self.rollouts = Rollouts(self)
         self.learner = LearnerProxy(self)
@@ -116,7 +117,7 @@ class Supervisor:
         self.log(f"{error}; starting a new rollout-{index} and redoing its {doing}")
         self.incarnations[index] += 1
         self._within_restarts(self.incarnations[index], f"rollout-{index}", error)
-        self.counters["rollout/restarts"] += 1
+        self.counters[names.ROLLOUT_RESTARTS] += 1
         return self.system.replace_rollout(index, self.incarnations[index])
 
     def rebuild_teacher(self, error: RoleError) -> Handle:
@@ -128,7 +129,7 @@ class Supervisor:
         self.log(f"{error}; rebuilding the teacher from its checkpoint buffer, training goes on without guidance")
         self.teacher_incarnation += 1
         self._within_restarts(self.teacher_incarnation, "the teacher", error)
-        self.counters["teacher/restarts"] += 1
+        self.counters[names.TEACHER_RESTARTS] += 1
         return self.system.replace_teacher(self.teacher_incarnation)
 
     def stop_unless_recoverable(self, error: RoleError) -> None:

@@ -8,9 +8,10 @@ use these constants.
   updated: 0, the loop is on-policy) and rollout actor restarts;
 - ``losses/``: the learner's (policy, value, entropy, clip fraction, approx KL, grad norm, lr, ...);
 - ``teacher/``: KL penalty, merge time, checkpoints in the buffer, merged version, SFT labels, restarts,
-  and the iterations that ran without guidance;
+  ``skipped`` (1 when the iteration trained without guidance because the teacher was being rebuilt) and
+  ``unguided_iterations`` (how many such iterations so far);
 - ``eval/``: held-out episodes of the student, and ``eval/teacher_*`` of the merged teacher as a policy;
-- ``time/``: seconds per phase and per iteration.
+- ``time/``: seconds per phase (cluster/metrics.py's PHASES) and per iteration.
 """
 
 from __future__ import annotations
@@ -50,10 +51,15 @@ TEACHER_CHECKPOINTS = "teacher/checkpoints"
 MERGED_VERSION = "teacher/merged_version"
 SFT_LABELS = "teacher/labels"
 TEACHER_RESTARTS = "teacher/restarts"
+TEACHER_SKIPPED = "teacher/skipped"
+UNGUIDED_ITERATIONS = "teacher/unguided_iterations"
 
 EVAL_SUCCESS = "eval/success"
 EVAL_RETURN = "eval/return"
+EVAL_SUCCESS_SOLVABLE = "eval/success_solvable"
+EVAL_FORMAT_VALID = "eval/format_valid"
 EVAL_TEACHER_SUCCESS = "eval/teacher_success"
 EVAL_TEACHER_RETURN = "eval/teacher_return"
 
 ITERATION_SECONDS = "time/iteration"
+EVAL_SECONDS = "time/eval"

@@ -2,7 +2,7 @@
 
 The loss is the cross-entropy of the answer tokens and the closing ``<|im_end|>``, computed by the
 same scoring function PPO uses (models/scoring.py). Demonstrations, evaluation and the command line
-are the SFT stage's orchestration (cluster/sft.py). The paper starts RL from an SFT model too
+are the SFT stage's orchestration (cluster/warm_start.py). The paper starts RL from an SFT model too
 (DESIGN.md section 2).
 """
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers.optimization import _get_cosine_schedule_with_warmup_lr_lambda as _cosine
+from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from configs.schema import PolicyConfig, SFTConfig
 from core.batch import Observation
@@ -50,7 +50,7 @@ class SFTTrainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         s = settings
         self.optimizer = torch.optim.AdamW(params, lr=s.lr, betas=(0.9, 0.95), weight_decay=s.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _warmup_then_cosine(s))
+        self.scheduler = _schedule(self.optimizer, s)
         self.end_id = self.processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
 
     def step(self, demos: list[Demo]) -> dict[str, float]:
@@ -92,19 +92,14 @@ class SFTTrainer:
         os.rename(tmp, folder)
 
 
-def _warmup_then_cosine(s: SFTConfig):
-    """Warmup whose first step already learns ((k + 1) / w: transformers' starts at 0, a wasted step),
-    then transformers' cosine decay to min_lr_ratio (the same factors as before, bit for bit)."""
+def _schedule(optimizer: torch.optim.Optimizer, s: SFTConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup whose first step already learns ((k + 1) / w, where transformers' starts at 0 and
+    wastes a step), then transformers' cosine decay to min_lr_ratio, held at its end after ``s.steps``."""
+    cosine = get_cosine_with_min_lr_schedule_with_warmup(
+        optimizer, s.warmup_steps, s.steps, min_lr_rate=s.min_lr_ratio
+    ).lr_lambdas[0]
 
     def factor(step: int) -> float:
-        if step < s.warmup_steps:
-            return (step + 1) / s.warmup_steps
-        return _cosine(
-            min(step, s.steps),
-            num_warmup_steps=s.warmup_steps,
-            num_training_steps=s.steps,
-            num_cycles=0.5,
-            min_lr_rate=s.min_lr_ratio,
-        )
+        return (step + 1) / s.warmup_steps if step < s.warmup_steps else cosine(min(step, s.steps))
 
-    return factor
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -5,6 +5,7 @@ stopped at its end."""
 import json
 import os
 import time
+import traceback
 
 import pytest
 
@@ -80,6 +81,31 @@ def test_learner_failure_stops_the_run_naming_the_last_checkpoint(cluster, tmp_p
     message = str(stopped.value)
     assert "learner failed" in message and "iter-00000001" in message and f"--resume {tmp_path}" in message
     assert (tmp_path / "summary.md").is_file()  # what was done is written up
+    assert not _live_actors() & {"rollout-0", "learner", "teacher"}
+
+
+def test_a_programming_error_inside_an_actor_stops_the_run_and_restarts_nothing(cluster, tmp_path):
+    """A call the teacher actor cannot take (None for its batch: an error raised in the actor's process) is
+    not an infrastructure failure: the run stops with the actor's traceback and no teacher is rebuilt."""
+
+    def hook(phase, index, trainer):
+        if index == 2 and phase == "score":
+            handle = trainer.teacher.handle
+            call = handle.call
+            handle.call = lambda method, *args: call(method, None) if method == "kl" else call(method, *args)
+
+    lines = []
+    cfg = load_config(None, [*TINY, *RAY, f"run_dir={tmp_path}", "teacher.guidance=kl", "train.iterations=3"])
+    with pytest.raises(RunStopped) as stopped:
+        launch.run(cfg, log=lines.append, hook=hook)
+    message = str(stopped.value)
+    assert message.startswith("teacher failed in kl (AttributeError: ")
+    assert "not an infrastructure failure" in message and f"--resume {tmp_path}" in message
+    shown = "".join(traceback.format_exception(stopped.value.__cause__))  # what `launch.main` prints
+    assert "ray::TeacherRole.kl()" in shown and 'roles.py", line' in shown  # the actor's own traceback
+    assert not any("rebuilding the teacher" in str(line) for line in lines)
+    records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records] == [0, 1]  # iteration 2 never finished
     assert not _live_actors() & {"rollout-0", "learner", "teacher"}
 
 

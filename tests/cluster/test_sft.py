@@ -5,7 +5,7 @@ import torch
 
 import envs
 from actors.rollout import EVAL_SEED_BASE
-from cluster import sft
+from cluster import warm_start
 from configs import load_config
 from models import scoring
 from models.loading import load_vlm
@@ -31,9 +31,9 @@ def _cfg(tmp_path, *overrides):
 
 def test_demonstrations_skip_every_held_out_hand(tmp_path):
     cfg = _cfg(tmp_path, "env.id=gym_cards/EZPoints-v0", "eval.episodes=100")
-    held_out = sft.held_out_keys(cfg)
+    held_out = warm_start.held_out_keys(cfg)
     assert 30 < len(held_out) <= 100
-    stream = sft.demonstrations(cfg, held_out)
+    stream = warm_start.demonstrations(cfg, held_out)
     env = envs.make_env(cfg.env)
     seen = 0
     for demo in (next(stream) for _ in range(200)):
@@ -41,13 +41,13 @@ def test_demonstrations_skip_every_held_out_hand(tmp_path):
         assert answer["action"] in env.action_tokens and demo.observation.frame is None  # text mode
         seen += 1
     assert seen == 200
-    assert all(seed < EVAL_SEED_BASE for seed in [sft.train_seed(cfg.seed, 10_000 + e, 0) for e in range(1000)])
+    assert all(seed < EVAL_SEED_BASE for seed in [warm_start.train_seed(cfg.seed, 10_000 + e, 0) for e in range(1000)])
 
 
 def test_sft_lowers_the_loss_and_writes_a_loadable_checkpoint(tmp_path):
     cfg = _cfg(tmp_path, "sft.steps=40", "sft.lr=3e-3")
-    trainer = sft.make_trainer(cfg)
-    stream = sft.demonstrations(cfg, set())
+    trainer = warm_start.make_trainer(cfg)
+    stream = warm_start.demonstrations(cfg, set())
     fixed = [next(stream) for _ in range(8)]
     before = trainer.step(fixed)["loss"]
     for _ in range(30):
@@ -65,7 +65,7 @@ def test_sft_lowers_the_loss_and_writes_a_loadable_checkpoint(tmp_path):
 
 
 def test_run_writes_summary_and_checkpoint(tmp_path):
-    summary = sft.run(_cfg(tmp_path, "sft.steps=3"), log=lambda *_: None)
+    summary = warm_start.run(_cfg(tmp_path, "sft.steps=3"), log=lambda *_: None)
     assert (tmp_path / "sft" / "config.json").is_file() and (tmp_path / "sft_summary.json").is_file()
     assert summary["history"][-1]["episodes"] == 6.0 and summary["history"][-1]["step"] == 3
 
@@ -86,21 +86,21 @@ def test_alfworld_sft_trains_on_walkthroughs_and_evaluates_on_another_split(tmp_
         "sft.steps=2",
         "sft.batch_size=4",
     )
-    demo = next(sft.demonstrations(cfg, sft.held_out_keys(cfg)))
+    demo = next(warm_start.demonstrations(cfg, warm_start.held_out_keys(cfg)))
     assert "Admissible actions:" in demo.observation.tail and json.loads(demo.answer)["action"]
-    summary = sft.run(cfg, log=lambda *_: None)
+    summary = warm_start.run(cfg, log=lambda *_: None)
     assert summary["history"][-1]["episodes"] == 2.0
     same_split = _cfg(tmp_path, "env.id=alfworld/ALFWorld-v0", "eval.alfworld_split=train")
     with pytest.raises(ValueError, match="another split"):
-        sft.held_out_keys(same_split)
+        warm_start.held_out_keys(same_split)
 
 
 def test_vision_tower_is_frozen_by_default(tmp_path):
     for freeze in (True, False):
         cfg = _cfg(tmp_path, "env.obs_mode=image", f"sft.freeze_vision={freeze}")
-        trainer = sft.make_trainer(cfg)
+        trainer = warm_start.make_trainer(cfg)
         before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "visual" in n}
-        stream = sft.demonstrations(cfg, set())
+        stream = warm_start.demonstrations(cfg, set())
         trainer.step([next(stream) for _ in range(4)])
         changed = [n for n, p in trainer.model.named_parameters() if "visual" in n and not torch.equal(p, before[n])]
         assert (not changed) if freeze else changed
@@ -110,8 +110,8 @@ def test_a_non_finite_step_stops_sft_before_its_optimizer_step(tmp_path):
     from learner.learner import NonFiniteError
 
     cfg = _cfg(tmp_path, "sft.steps=4")
-    trainer = sft.make_trainer(cfg)
-    demos = [next(sft.demonstrations(cfg, set())) for _ in range(2)]
+    trainer = warm_start.make_trainer(cfg)
+    demos = [next(warm_start.demonstrations(cfg, set())) for _ in range(2)]
     trainer.model.model.language_model.norm.weight.data[0] = float("nan")  # every log-prob becomes NaN
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     with pytest.raises(NonFiniteError, match="SFT step: loss nan.*not taken. Lower sft.lr"):

@@ -6,10 +6,10 @@
 For each guidance mode (none = RL4VLM PPO, kl, sft) the same components are built from the same seed
 and one warm-up iteration runs; then ``--iterations`` timed iterations of every mode, interleaved (no
 evaluation). The table gives the median seconds per phase and per iteration, and each mode's ratio to
-plain PPO's. Target (issue 4): kl / none
-at most 1.15 (the paper: 89 h against 86 h). The KL costs one teacher forward over the sampled steps
-and one re-merge per iteration (local mode: inside ``merge_send``); SFT guidance costs a teacher
-generation per step.
+plain PPO's, and the learn phase over the sample phase. Targets: kl / none at most 1.15 (issue 4; the
+paper: 89 h against 86 h); learn / sample at most 3.5 for plain PPO (issue 17). The KL costs one
+teacher forward over the sampled steps and one re-merge per iteration (local mode: inside
+``merge_send``); SFT guidance costs a teacher generation per step.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ def main() -> None:
         "learner.minibatch_size=32",
         "learner.micro_batch_size=8",
         "policy.max_new_tokens=48",
+        f"policy.threads={args.threads}",  # local mode: every role's torch threads (cluster/roles.py)
     ]
     rows = measure(overrides, args.modes, args.iterations)
     print(
@@ -90,11 +91,11 @@ def measure(
 
 def print_table(rows: dict[str, dict[str, float]]) -> None:
     base = rows.get("none", next(iter(rows.values())))["total"]
-    print("| guidance | " + " | ".join(PHASES) + " | total | vs none |")
-    print("|---" * (len(PHASES) + 3) + "|")
+    print("| guidance | " + " | ".join(PHASES) + " | total | vs none | learn / sample |")
+    print("|---" * (len(PHASES) + 4) + "|")
     for mode, r in rows.items():
         cells = " | ".join(f"{r[p]:.2f}" for p in (*PHASES, "total"))
-        print(f"| {mode} | {cells} | {r['total'] / base:.2f}x |")
+        print(f"| {mode} | {cells} | {r['total'] / base:.2f}x | {r['learn'] / r['sample']:.2f} |")
 
 
 def _trainer(overrides: list[str], mode: str, tmp: Path) -> Trainer:

@@ -30,7 +30,7 @@ from core.batch import Batch, EpisodeStats, SFTLabel
 from envs.tasks import spec_for
 from learner.learner import Learner
 from models.engines.hf import HFEngine
-from teacher.guidance import kl_penalties, sft_labels
+from teacher.guidance import sft_labels, teacher_logprobs
 from teacher.teacher import Teacher
 
 
@@ -138,6 +138,7 @@ class LearnerRole:
             total_updates=cfg.train.iterations,
             updates_per_iteration=updates_per_iteration(cfg),
             kl_coef=cfg.teacher.kl_coef,
+            kl_estimator=cfg.teacher.kl_estimator,
             dtype=p.dtype,
             device=device,
             seed=cfg.seed,
@@ -147,10 +148,12 @@ class LearnerRole:
     def ready(self) -> dict[str, Any]:
         return _info(self.device)
 
-    def update(self, kl: list[float] | None, labels: list[SFTLabel] | None, *batches: Batch) -> dict[str, float]:
+    def update(
+        self, teacher_logprobs: list[list[float]] | None, labels: list[SFTLabel] | None, *batches: Batch
+    ) -> dict[str, float]:
         """One PPO update over the workers' batches (in worker order); new labels join the replay first."""
         self.replay.extend(labels or ())
-        stats = self.learner.update(list(batches), kl, list(self.replay))
+        stats = self.learner.update(list(batches), teacher_logprobs, list(self.replay))
         if labels is not None:
             stats[names.SFT_LABELS] = float(len(self.replay))
         return stats
@@ -210,13 +213,11 @@ class TeacherRole:
             self.teacher.add_checkpoint(adapter, version)
         return dict(self.teacher.stats)
 
-    def kl(self, *batches: Batch) -> list[float]:
-        """The per-step thought KL penalty of every transition, in batch order."""
+    def logprobs(self, *batches: Batch) -> list[list[float]]:
+        """The teacher's log-prob of every sampled token, per transition in batch order (for the KL)."""
         transitions = [t for b in batches for t in b.transitions]
         c = self.cfg
-        return kl_penalties(
-            self.teacher, transitions, c.policy.temperature, c.teacher.kl_estimator, c.learner.micro_batch_size
-        )
+        return teacher_logprobs(self.teacher, transitions, c.policy.temperature, c.learner.micro_batch_size)
 
     def labels(self, *batches: Batch) -> list[SFTLabel]:
         transitions = [t for b in batches for t in b.transitions]

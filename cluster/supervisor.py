@@ -57,7 +57,7 @@ class Sampled:
 class Guidance:
     """The teacher's answer for the sampled batches, as a ref for the learner (one of the two is set)."""
 
-    kl: Any = None  # list[float]: the thought-token KL penalty of every transition, in batch order
+    teacher_logprobs: Any = None  # list[list[float]]: the teacher's log-prob of every sampled token (KL)
     labels: Any = None  # list[SFTLabel]: SFT-guidance labels
 
 
@@ -229,7 +229,9 @@ class LearnerProxy:
     def update(self, sampled: Sampled, guidance: Guidance | None) -> dict[str, float]:
         """One PPO update over the sampled batches, shaped by the guidance (None: plain PPO)."""
         guidance = guidance or Guidance()
-        return self._result("update", self.handle.call("update", guidance.kl, guidance.labels, *sampled.refs))
+        return self._result(
+            "update", self.handle.call("update", guidance.teacher_logprobs, guidance.labels, *sampled.refs)
+        )
 
     def publish(self) -> Published:
         """A new policy version; its adapter stays a ref (Ray: stored once, loaded by reference)."""
@@ -300,9 +302,9 @@ class TeacherProxy:
         return {"kl": self.kl, "sft": self.labels}[self.supervisor.cfg.teacher.guidance](sampled)
 
     def kl(self, sampled: Sampled) -> Guidance | None:
-        """Thought-token KL penalties of every sampled transition (GTR-Turbo-KL)."""
-        pending = self.handle.call("kl", *sampled.refs)
-        return Guidance(kl=pending.ref) if self._answered(pending) else None
+        """The teacher's log-probs of every sampled token, for the thought-token KL (GTR-Turbo-KL)."""
+        pending = self.handle.call("logprobs", *sampled.refs)
+        return Guidance(teacher_logprobs=pending.ref) if self._answered(pending) else None
 
     def labels(self, sampled: Sampled) -> Guidance | None:
         """The teacher's answers for the sampled prompts (GTR-Turbo-SFT)."""

@@ -193,6 +193,10 @@ class LearnerConfig:
     # Recompute each layer's activations during backward: activation memory of one layer instead of all,
     # for about a third more learner compute. For big models on small GPUs (three 3B copies on one GPU).
     gradient_checkpointing: bool = False
+    # The tokens every row of a micro-batch starts with (the instruction) go through the model once, as one
+    # row the others attend to: the same losses and gradients to float rounding, about 1.5x faster on the
+    # card games. Off under gradient checkpointing. With LoRA dropout, that row's dropout mask is shared.
+    share_prefix: bool = True
 
     def __post_init__(self):
         _positive("learner", self, ("lr", "adam_eps", "epochs", "minibatch_size", "micro_batch_size", "max_grad_norm"))

@@ -5,7 +5,8 @@ use these constants.
 - ``rollout/``: training episodes that finished this iteration (``summarize``'s keys: return, success,
   length, format validity, success on solvable hands), the step counts, the policy version published at
   the end of the iteration, ``stale_steps`` (steps sampled by an older policy than the one just
-  updated: 0, the loop is on-policy) and rollout actor restarts;
+  updated: 0, the loop is on-policy), rollout actor restarts, and ``logprob_gap`` (how far the engine's
+  log-probs of the sampled tokens are from the learner's, which PPO uses);
 - ``losses/``: the learner's (policy, value, entropy, clip fraction, approx KL, grad norm, lr, ...);
 - ``teacher/``: KL penalty, merge time, checkpoints in the buffer, merged version, SFT labels, restarts,
   ``skipped`` (1 when the iteration trained without guidance because the teacher was being rebuilt) and
@@ -36,6 +37,9 @@ STEP_FORMAT_VALID = "rollout/step_format_valid"
 STEP_REWARD = "rollout/step_reward"
 STALE_STEPS = "rollout/stale_steps"
 ROLLOUT_RESTARTS = "rollout/restarts"
+LOGPROB_GAP = "rollout/logprob_gap"  # mean |engine - learner| step log-prob (the learner's are used)
+LOGPROB_GAP_MAX = "rollout/logprob_gap_max"
+TOKEN_LOGPROB_GAP = "rollout/token_logprob_gap"  # mean |engine - learner| per sampled token
 
 POLICY_LOSS = "losses/policy"
 VALUE_LOSS = "losses/value"

@@ -15,8 +15,8 @@ import torch
 
 def policy_loss(
     new_logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, clip: float
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """(B,) step log-probs and advantages -> scalar loss and stats."""
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(B,) step log-probs and advantages -> scalar loss and stats (0-d tensors: no host sync here)."""
     log_ratio = new_logp - old_logp
     ratio = log_ratio.exp()
     unclipped = ratio * advantages
@@ -24,8 +24,8 @@ def policy_loss(
     loss = -torch.minimum(unclipped, clipped).mean()
     with torch.no_grad():
         stats = {
-            "clip_fraction": ((ratio - 1.0).abs() > clip).float().mean().item(),
-            "approx_kl": ((ratio - 1.0) - log_ratio).mean().item(),
+            "clip_fraction": ((ratio - 1.0).abs() > clip).float().mean(),
+            "approx_kl": ((ratio - 1.0) - log_ratio).mean(),
         }
     return loss, stats
 

@@ -47,11 +47,18 @@ class PolicyModel(nn.Module):
         self.value_head = ValueHead(base.config.text_config.hidden_size).to(device)
 
     def evaluate(
-        self, prompts: Sequence[EncodedPrompt], responses: Sequence[Sequence[int]], temperature: float
+        self, prompts: Sequence[EncodedPrompt], responses: Sequence[Sequence[int]], temperature: float, **options
     ) -> tuple[scoring.ScoreOutput, torch.Tensor]:
-        """Token log-probs (B, T) of the responses and values (B,) of the prompts, in one forward."""
-        out = scoring.score(self.model, self.processor, prompts, responses, temperature)
+        """Token log-probs (B, T) of the responses and values (B,) of the prompts, in one forward
+        (``options``: models.scoring.score's images, share_prefix and entropy)."""
+        out = scoring.score(self.model, self.processor, prompts, responses, temperature, **options)
         return out, self.value_head(out.prompt_hidden)
+
+    def image_features(self, prompts: Sequence[EncodedPrompt]) -> list[torch.Tensor | None] | None:
+        """The prompts' image features, to reuse while the vision tower is frozen; None when it trains."""
+        if scoring.vision_trains(self.model):
+            return None
+        return scoring.image_features(self.model, self.processor, prompts)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]

@@ -28,7 +28,7 @@ class EncodedPrompt:
     """One prompt, unpadded."""
 
     input_ids: list[int]  # (L,) with the image placeholder expanded
-    pixel_values: torch.Tensor | None  # (n_patches, 3 * temporal_patch * patch * patch)
+    pixel_values: torch.Tensor | None  # (n_patches, 3 * temporal_patch * patch * patch); None once featurised
     image_grid_thw: torch.Tensor | None  # (1, 3)
 
 
@@ -92,7 +92,8 @@ class VLProcessor:
 
         Left padding for generation (every prompt ends at the last column), right padding for scoring.
         Returns input_ids, attention_mask, mm_token_type_ids (B, L) and, when any prompt has an image,
-        pixel_values (sum of patches, D) and image_grid_thw (n_images, 3).
+        image_grid_thw (n_images, 3) and pixel_values (sum of patches, D; left out when the prompts carry
+        no pixels because their image features were computed once, models.scoring.image_features).
         """
         rows = [
             list(p.input_ids) + (list(responses[i]) if responses is not None else []) for i, p in enumerate(prompts)
@@ -109,10 +110,11 @@ class VLProcessor:
             prompt_ids = input_ids[i, start : start + len(prompt.input_ids)]
             types[i, start : start + len(prompt.input_ids)] = (prompt_ids == self.image_token_id).long()
         batch = {"input_ids": input_ids, "attention_mask": attention, "mm_token_type_ids": types}
-        images = [p for p in prompts if p.pixel_values is not None]
+        images = [p for p in prompts if p.image_grid_thw is not None]
         if images:
-            batch["pixel_values"] = torch.cat([p.pixel_values for p in images])
             batch["image_grid_thw"] = torch.cat([p.image_grid_thw for p in images])
+            if all(p.pixel_values is not None for p in images):  # else their features come precomputed
+                batch["pixel_values"] = torch.cat([p.pixel_values for p in images])
         return batch
 
     def pixels(self, image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

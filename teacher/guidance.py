@@ -1,8 +1,10 @@
 """Turning the teacher's outputs into guidance for the learner (GTR-Turbo, DESIGN.md section 2).
 
 KL: one teacher forward over the same prompt, image and the student's exactly sampled response
-tokens (the published code passed no image, shifted by one token and re-serialised the JSON); the
-per-step penalty is the mean clipped k1 over thought tokens (core/kl.py).
+tokens (the published code passed no image, shifted by one token and re-serialised the JSON) gives
+the teacher's log-prob of every sampled token. The learner turns them into the per-step penalty (the
+mean clipped k1 over thought tokens, core/kl.py) against its own log-probs of the same tokens, so the
+student side is the learner's policy, not the rollout engine's numerics (issue 17).
 
 SFT: the teacher answers the same prompt; its thoughts with the student's own action put back form
 a label whose loss covers only the thought tokens (the action is context, "masked").
@@ -13,35 +15,22 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-import torch
-
 from core.answer import PromptSpec
 from core.batch import SFTLabel, Transition
-from core.kl import thought_kl
 from models.engines.base import SamplingParams, prompt_input
 from models.tokenizer import token_char_spans
 
 
-def kl_penalties(
-    teacher, transitions: Sequence[Transition], temperature: float, estimator: str, micro_batch: int = 16
-) -> list[float]:
-    """Per-step thought KL between the sampling policy (old log-probs) and the teacher."""
-    out: list[float] = []
+def teacher_logprobs(
+    teacher, transitions: Sequence[Transition], temperature: float, micro_batch: int = 16
+) -> list[list[float]]:
+    """The teacher's log-prob of every sampled response token, one list per transition."""
+    out: list[list[float]] = []
     for start in range(0, len(transitions), micro_batch):
         chunk = transitions[start : start + micro_batch]
-        teacher_lp = teacher.score(
-            [prompt_input(t.observation) for t in chunk], [t.response_ids for t in chunk], temperature
+        out.extend(
+            teacher.score([prompt_input(t.observation) for t in chunk], [t.response_ids for t in chunk], temperature)
         )
-        width = max(len(t.response_ids) for t in chunk)
-        student = torch.zeros(len(chunk), width)
-        theirs = torch.zeros(len(chunk), width)
-        thought = torch.zeros(len(chunk), width, dtype=torch.bool)
-        for row, (t, lp) in enumerate(zip(chunk, teacher_lp, strict=True)):
-            n = len(t.response_ids)
-            student[row, :n] = torch.tensor(t.old_logprobs)
-            theirs[row, :n] = torch.tensor(lp)
-            thought[row, :n] = torch.tensor(t.thought_mask, dtype=torch.bool)
-        out.extend(thought_kl(student, theirs, thought, estimator).tolist())
     return out
 
 

@@ -127,7 +127,8 @@ class HFEngine:
     def score(
         self, prompts: Sequence[PromptInput], responses: Sequence[Sequence[int]], temperature: float
     ) -> list[list[float]]:
-        out = scoring.score(self.model, self.processor, self.encode(prompts), responses, temperature)
+        """The log-prob of every given response token (the instruction every prompt starts with runs once)."""
+        out = scoring.score(self.model, self.processor, self.encode(prompts), responses, temperature, share_prefix=True)
         return [row[: len(r)].tolist() for row, r in zip(out.logprobs.cpu(), responses, strict=True)]
 
     # ------------------------------------------------------------------ decoding

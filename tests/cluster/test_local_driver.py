@@ -156,7 +156,9 @@ def test_an_env_that_raises_is_an_env_crash_with_its_own_error_chained(monkeypat
     assert isinstance(crashed.value.__cause__, ValueError)
 
 
-@pytest.mark.parametrize("role, method, error", [("rollout", "sample", TypeError), ("teacher", "kl", AssertionError)])
+@pytest.mark.parametrize(
+    "role, method, error", [("rollout", "sample", TypeError), ("teacher", "logprobs", AssertionError)]
+)
 def test_a_programming_error_in_a_role_stops_the_run_with_its_traceback_and_restarts_nothing(
     tmp_path, monkeypatch, capsys, role, method, error
 ):
@@ -181,7 +183,7 @@ def test_a_programming_error_in_a_role_stops_the_run_with_its_traceback_and_rest
 def test_iterations_without_guidance_are_counted_and_in_the_run_summary(tmp_path, monkeypatch):
     from cluster.roles import TeacherRole
 
-    _raising(monkeypatch, TeacherRole, "kl", 1)  # iteration 1's scoring runs out of memory
+    _raising(monkeypatch, TeacherRole, "logprobs", 1)  # iteration 1's scoring runs out of memory
     logs = []
     overrides = [*TINY, "cluster.mode=local", "teacher.guidance=kl", "train.eval_before=false"]
     last = launch.run(
@@ -197,12 +199,13 @@ def test_iterations_without_guidance_are_counted_and_in_the_run_summary(tmp_path
 def test_teacher_required_stops_the_run_instead_of_training_without_guidance(tmp_path, monkeypatch, capsys):
     from cluster.roles import TeacherRole
 
-    _raising(monkeypatch, TeacherRole, "kl", 1)
+    _raising(monkeypatch, TeacherRole, "logprobs", 1)
     overrides = [*TINY, "cluster.mode=local", "teacher.guidance=kl", "train.eval_before=false"]
     assert launch.main([*overrides, "teacher.required=true", f"run_dir={tmp_path}"]) == 1
     stopped = capsys.readouterr().err.strip().splitlines()[-1]
     assert stopped.startswith(
-        "run stopped: teacher failed in kl (OutOfMemoryError: injected failure 1 in kl); teacher.required is true, "
+        "run stopped: teacher failed in logprobs (OutOfMemoryError: injected failure 1 in logprobs); teacher.required "
+        "is true, "
         "so the run stops rather than train without guidance. Last good checkpoint: none yet."
     )
     assert not (tmp_path / "metrics.jsonl").read_text()

@@ -92,17 +92,17 @@ def test_a_programming_error_inside_an_actor_stops_the_run_and_restarts_nothing(
         if index == 2 and phase == "score":
             handle = trainer.teacher.handle
             call = handle.call
-            handle.call = lambda method, *args: call(method, None) if method == "kl" else call(method, *args)
+            handle.call = lambda method, *args: call(method, None) if method == "logprobs" else call(method, *args)
 
     lines = []
     cfg = load_config(None, [*TINY, *RAY, f"run_dir={tmp_path}", "teacher.guidance=kl", "train.iterations=3"])
     with pytest.raises(RunStopped) as stopped:
         launch.run(cfg, log=lines.append, hook=hook)
     message = str(stopped.value)
-    assert message.startswith("teacher failed in kl (AttributeError: ")
+    assert message.startswith("teacher failed in logprobs (AttributeError: ")
     assert "not an infrastructure failure" in message and f"--resume {tmp_path}" in message
     shown = "".join(traceback.format_exception(stopped.value.__cause__))  # what `launch.main` prints
-    assert "ray::TeacherRole.kl()" in shown and 'roles.py", line' in shown  # the actor's own traceback
+    assert "ray::TeacherRole.logprobs()" in shown and 'roles.py", line' in shown  # the actor's own traceback
     assert not any("rebuilding the teacher" in str(line) for line in lines)
     records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in records] == [0, 1]  # iteration 2 never finished

@@ -84,14 +84,38 @@ def test_kl_penalty_shifts_advantages_and_sft_labels_add_a_loss():
     batch = _batch()
     learner = _learner()
     _, plain, _, _ = learner._advantages([batch])
-    stats = learner.update([batch], kl=[0.5] * batch.env_steps)
-    assert stats["teacher/kl"] == 0.5
-    with pytest.raises(ValueError, match="KL penalties"):
-        learner.update([batch], kl=[0.0])
+    sampled = learner._sample_pass(batch.transitions)
+    # A teacher 0.5 less confident on every token: k1_clip is 0.5 per thought token, so 0.5 per step with
+    # thoughts and 0 for a step without any.
+    rows = zip(sampled.token_logprobs, batch.transitions, strict=True)
+    teacher = [(row[: len(t.response_ids)] - 0.5).tolist() for row, t in rows]
+    with_thoughts = [any(t.thought_mask) for t in batch.transitions]
+    stats = learner.update([batch], teacher_logprobs=teacher)
+    assert stats["teacher/kl"] == pytest.approx(0.5 * sum(with_thoughts) / len(with_thoughts), abs=1e-6)
+    with pytest.raises(ValueError, match="teacher log-probs for 1 transitions"):
+        learner.update([batch], teacher_logprobs=[[0.0]])
+    with pytest.raises(ValueError, match="teacher log-probs of 1 tokens for a response of"):
+        learner.update([batch], teacher_logprobs=[[0.0]] * batch.env_steps)
     t = batch.transitions[0]
     label = SFTLabel(t.observation, t.response_ids, [True] * len(t.response_ids))
     assert "losses/sft" in learner.update([batch], sft_labels=[label])
     assert plain.shape == (batch.env_steps,)
+
+
+def test_the_learner_scores_the_sampled_tokens_itself_and_reports_the_engines_gap():
+    """fp32 on CPU: the engine and the learner agree (gap < 1e-5). An engine that is off by 0.3 per token
+    (as a bf16 or vLLM engine is, by less) shows in the gap and no longer moves the first ratio from 1."""
+    batch = _batch()
+    stats = _learner(epochs=1, minibatch_size=12).update([batch])
+    assert stats["rollout/logprob_gap"] < 1e-5 and stats["rollout/token_logprob_gap"] < 1e-5
+    assert stats["rollout/logprob_gap_max"] < 1e-5
+    for t in batch.transitions:
+        t.old_logprobs = [lp + 0.3 for lp in t.old_logprobs]
+        t.old_logprob += 0.3 * (0.5 * sum(t.thought_mask) + sum(t.action_mask))
+    stats = _learner(epochs=1, minibatch_size=12).update([batch])  # one minibatch: its ratio is the first
+    assert stats["rollout/token_logprob_gap"] == pytest.approx(0.3, abs=1e-5)
+    assert stats["rollout/logprob_gap_max"] > 1.0
+    assert stats["losses/approx_kl"] < 1e-9 and stats["losses/clip_fraction"] == 0.0
 
 
 def test_a_non_finite_loss_or_weight_stops_the_update():
@@ -99,7 +123,7 @@ def test_a_non_finite_loss_or_weight_stops_the_update():
     learner = _learner()
     before = {n: p.detach().clone() for n, p in learner.policy.named_parameters()}
     with pytest.raises(NonFiniteError, match="non-finite PPO minibatch .*policy nan.*step was not taken"):
-        learner.update([batch], kl=[float("nan")] * batch.env_steps)  # a NaN penalty: NaN advantages
+        learner.update([batch], teacher_logprobs=[[float("nan")] * len(t.response_ids) for t in batch.transitions])
     assert all(torch.equal(p, before[n]) for n, p in learner.policy.named_parameters())
     with pytest.raises(NonFiniteError):
         _learner(lr=3e37).update([batch])  # a finite rate, but Adam steps of about 3e38 overflow float32
@@ -152,13 +176,20 @@ def test_gradient_checkpointing_changes_no_update():
     """Recomputed activations (dropout masks replayed) give the very update of the stored ones."""
     batch = _batch(seed=3)
     lora = LoraSettings(rank=4, alpha=8, dropout=0.3)
-    plain = _learner(lora, lr=1e-3, max_grad_norm=1.0)
-    recomputed = _learner(lora, lr=1e-3, max_grad_norm=1.0, gradient_checkpointing=True)
-    forwards = {}
+    plain = _learner(lora, lr=1e-3, max_grad_norm=1.0, share_prefix=False)  # the same dropout draws
+    recomputed = _learner(lora, lr=1e-3, max_grad_norm=1.0, share_prefix=False, gradient_checkpointing=True)
+    forwards = {"plain": 0, "recomputed": 0}
+
+    def count(name):  # forwards of whole micro-batches (not of a shared prefix's single row)
+        def hook(module, args, kwargs):
+            hidden = kwargs.get("hidden_states", args[0] if args else None)
+            forwards[name] += hidden.shape[0] > 1
+
+        return hook
+
     for name, learner in (("plain", plain), ("recomputed", recomputed)):
-        attention = learner.policy.model.get_base_model().model.language_model.layers[0].self_attn
-        forwards[name] = 0
-        attention.register_forward_pre_hook(lambda *_, name=name: forwards.__setitem__(name, forwards[name] + 1))
+        layer = learner.policy.model.get_base_model().model.language_model.layers[0].self_attn
+        layer.register_forward_pre_hook(count(name), with_kwargs=True)
     stats = plain.update([batch]), recomputed.update([batch])
     assert forwards["recomputed"] > forwards["plain"]  # backward ran the layers again
     a, b = plain.policy.adapter(), recomputed.policy.adapter()

@@ -6,6 +6,7 @@ import torch
 from actors.rollout import RolloutSettings, RolloutWorker
 from configs import load_config
 from core.answer import parse_response
+from core.kl import thought_kl
 from core.ties import ties_merge
 from envs.tasks import spec_for
 from models.embedded import fingerprint
@@ -13,7 +14,7 @@ from models.engines.base import SamplingParams
 from models.engines.hf import HFEngine
 from models.loading import load_vlm
 from models.lora import LoraSettings, adapter_state, add_lora, lora_deltas
-from teacher.guidance import kl_penalties, sft_labels
+from teacher.guidance import sft_labels, teacher_logprobs
 from teacher.teacher import Teacher
 
 LORA = LoraSettings(rank=4, alpha=8, dropout=0.0)
@@ -93,15 +94,28 @@ def _rollout(adapter, k=3, rounds=2):
     return RolloutWorker(cfg, engine, RolloutSettings(num_envs=k, sampling=sampling), seed=0).sample(rounds)
 
 
+def _kl(teacher, transitions):
+    """Per-step thought KL of the rollout's own log-probs against the teacher's (what the learner does)."""
+    theirs = teacher_logprobs(teacher, transitions, temperature=1.0)
+    assert [len(lp) for lp in theirs] == [len(t.response_ids) for t in transitions]
+    width = max(len(t.response_ids) for t in transitions)
+
+    def padded(rows, dtype=torch.float32):
+        return torch.tensor([list(r) + [0] * (width - len(r)) for r in rows], dtype=dtype)
+
+    thought = padded([t.thought_mask for t in transitions], torch.bool)
+    return thought_kl(padded([t.old_logprobs for t in transitions]), padded(theirs), thought).tolist()
+
+
 def test_kl_is_zero_when_the_teacher_is_the_student(tmp_path):
     adapter = _adapter(7)
     batch = _rollout(adapter)
     teacher = _teacher(tmp_path, "teacher.density=1.0")
     teacher.add_checkpoint(adapter, 1)  # one checkpoint, nothing trimmed: the teacher is the student
-    penalties = kl_penalties(teacher, batch.transitions, temperature=1.0, estimator="k1_clip")
+    penalties = _kl(teacher, batch.transitions)
     assert len(penalties) == batch.env_steps and max(penalties) < 1e-5
     fresh = _teacher(tmp_path, folder="other")  # the base model: a different policy
-    assert max(kl_penalties(fresh, batch.transitions, 1.0, "k1_clip")) > 1e-3
+    assert max(_kl(fresh, batch.transitions)) > 1e-3
 
 
 def test_sft_labels_keep_teacher_thoughts_and_the_students_action(tmp_path):

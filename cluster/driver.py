@@ -73,6 +73,7 @@ class Trainer:
         self.published: Published | None = None
         self.total_env_steps = 0
         self.batches: list[Batch] = []  # the iteration's sampled batches, one per rollout actor (hooks read them)
+        self.window = metrics.EpisodeWindow(cfg.train.episode_window)  # training success over ended episodes
 
     @property
     def system(self) -> System:
@@ -115,6 +116,7 @@ class Trainer:
                 evaluation = self.evaluate()
         transitions = [t for b in sampled.batches for t in b.transitions]
         self.total_env_steps += len(transitions)
+        window = self.window.add(sampled.batches)  # before the checkpoint, which saves it
         if self._due(index, self.cfg.train.checkpoint_every):
             with phase("checkpoint"):
                 self.checkpoint(index)
@@ -127,6 +129,7 @@ class Trainer:
             total_env_steps=self.total_env_steps,
             policy_version=self.published.version,
             episodes=summarize([e for b in sampled.batches for e in b.episodes]),
+            window=window,
             transitions=transitions,
             learner=learned,
             teacher=teacher,
@@ -164,6 +167,7 @@ class Trainer:
             "iteration": index,
             "policy_version": self.published.version,
             "total_env_steps": self.total_env_steps,
+            "episode_window": self.window.state(),
             **self.supervisor.state(),
             "saved_at": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
@@ -195,6 +199,7 @@ class Trainer:
             if self.published.version:
                 self.teacher.add_checkpoint(self.published)  # a no-op when the restored buffer already holds it
         self.total_env_steps = state["total_env_steps"]
+        self.window.load(state.get("episode_window", []))  # absent in checkpoints before issue 18
         self.supervisor.last_checkpoint = path
         return state["iteration"]
 

@@ -290,8 +290,7 @@ def warm_start(cfg: Config, run_dir: Path, spawner: Spawner, log) -> Config:
     if (output / "config.json").is_file():
         log(f"warm start: reusing {output}")
     else:
-        s = cfg.sft
-        log(f"warm start: SFT on {cfg.env.id} from {cfg.policy.path} ({s.steps} steps, cap {s.minutes} min)")
+        log(f"warm start: SFT on {cfg.env.id} from {cfg.policy.path} ({cfg.sft.steps} steps)")
         sft_cfg = dataclasses.replace(cfg, run_dir=str(folder), sft=dataclasses.replace(cfg.sft, output=str(output)))
         began = time.perf_counter()
         spawner.run("learner", _sft_warm_start, sft_cfg)

@@ -138,6 +138,7 @@ def summary_markdown(run_dir: Path, records: list[dict], table: str) -> str:
         f"- iterations: {last.get(names.ITERATION, 0)}, env steps: {int(last.get(names.TOTAL_ENV_STEPS, 0))}, "
         f"policy version: {int(last.get(names.POLICY_VERSION, 0))}",
         f"- training time (sum of iteration times): {seconds / 60:.1f} min",
+        *_window_line(last),
         f"- rollout actor restarts: {int(last.get(names.ROLLOUT_RESTARTS, 0))}, teacher restarts: "
         f"{int(last.get(names.TEACHER_RESTARTS, 0))}, iterations without guidance: "
         f"{int(sum(r.get(names.TEACHER_SKIPPED, 0) for r in trained))}",
@@ -166,6 +167,16 @@ def summary_markdown(run_dir: Path, records: list[dict], table: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _window_line(last: dict) -> list[str]:
+    if names.WINDOW_SUCCESS not in last:
+        return []
+    return [
+        f"- training success over the last {int(last[names.WINDOW_EPISODES])} ended episodes: "
+        f"{100 * last[names.WINDOW_SUCCESS]:.1f} % (return {last[names.WINDOW_RETURN]:.2f}); "
+        f"{100 * last.get(names.RUNNING_SHARE, 0):.0f} % of the last iteration's episodes were still running"
+    ]
+
+
 def plot_curves(records: list[dict], path: Path) -> None:
     try:
         import matplotlib
@@ -174,24 +185,41 @@ def plot_curves(records: list[dict], path: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         return
+    window = int(max((r.get(names.WINDOW_EPISODES, 0) for r in records), default=0))
     panels = (
-        ("held-out and training success", (names.EVAL_SUCCESS, names.EVAL_TEACHER_SUCCESS, names.SUCCESS)),
-        ("return", (names.EVAL_RETURN, names.EVAL_TEACHER_RETURN, names.RETURN)),
-        ("policy loss, entropy / 10", (names.POLICY_LOSS, "losses/entropy_scaled")),
-        ("value loss", (names.VALUE_LOSS,)),
-        ("teacher KL penalty (thought tokens)", (names.TEACHER_KL,)),
-        ("seconds per phase", tuple(names.TIME + p for p in metrics.PHASES)),
+        (
+            "success: held-out (fixed hands), training (last ended episodes)",
+            (
+                (names.EVAL_SUCCESS, "held-out, student"),
+                (names.EVAL_TEACHER_SUCCESS, "held-out, merged teacher"),
+                (names.WINDOW_SUCCESS, f"training, last {window} ended episodes (train.episode_window)"),
+                (names.RUNNING_SHARE, "share of training episodes still running at iteration end"),
+            ),
+        ),
+        (
+            "return",
+            (
+                (names.EVAL_RETURN, "held-out, student"),
+                (names.EVAL_TEACHER_RETURN, "held-out, merged teacher"),
+                (names.WINDOW_RETURN, "training, last ended episodes"),
+            ),
+        ),
+        ("policy loss, entropy / 10", ((names.POLICY_LOSS, "policy loss"), ("losses/entropy_scaled", "entropy / 10"))),
+        ("value loss", ((names.VALUE_LOSS, "value loss"),)),
+        ("teacher KL penalty (thought tokens)", ((names.TEACHER_KL, "KL per step"),)),
+        ("seconds per phase", tuple((names.TIME + p, p) for p in metrics.PHASES)),
     )
     scaled = [{"losses/entropy_scaled": r[names.ENTROPY] / 10} if names.ENTROPY in r else {} for r in records]
     records = [r | extra for r, extra in zip(records, scaled, strict=True)]
     fig, axes = plt.subplots(2, 3, figsize=(15, 7))
     for ax, (title, keys) in zip(axes.flat, panels, strict=True):
-        for key in keys:
+        for key, label in keys:
             points = [(r.get(names.TOTAL_ENV_STEPS, 0), r[key]) for r in records if key in r]
             if points:
                 xs, ys = zip(*points, strict=True)
-                ax.plot(xs, ys, marker="o", markersize=3, label=key)
-        ax.set_title(title)
+                style = ":" if key == names.RUNNING_SHARE else "-"
+                ax.plot(xs, ys, style, marker="o", markersize=3, label=label)
+        ax.set_title(title, fontsize=9)
         ax.set_xlabel("env steps")
         if ax.lines:
             ax.legend(fontsize=7)

@@ -86,8 +86,9 @@ def evaluate(trainer: SFTTrainer, cfg: Config) -> dict[str, float]:
 
 
 def run(cfg: Config, log=print, evaluate_at_end: bool = True) -> dict:
-    """Train for ``sft.steps`` (or ``sft.minutes``), evaluating every ``sft.eval_every`` steps and at the
-    end (unless ``evaluate_at_end`` is off: the RL run's first evaluation measures the same)."""
+    """Train for ``sft.steps`` steps, evaluating every ``sft.eval_every`` steps and at the end (unless
+    ``evaluate_at_end`` is off: the RL run's first evaluation measures the same). The length is steps,
+    never time: past ``sft.warn_minutes`` it warns once and goes on, so every machine gets the same start."""
     torch.set_num_threads(cfg.sft.threads or cfg.policy.threads)
     run_dir = Path(cfg.run_dir or f"runs/sft-{time.strftime('%Y%m%d-%H%M%S')}")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -95,26 +96,27 @@ def run(cfg: Config, log=print, evaluate_at_end: bool = True) -> dict:
     output = Path(cfg.sft.output) if cfg.sft.output else run_dir / "sft"
     trainer = make_trainer(cfg)
     stream = demonstrations(cfg, held_out_keys(cfg))
-    history, start = [], time.perf_counter()
+    history, start, warned = [], time.perf_counter(), False
     log(
         f"SFT on {cfg.env.id} ({cfg.env.obs_mode}) from {cfg.policy.path}: {cfg.sft.steps} steps, "
-        f"batch {cfg.sft.batch_size}, cap {cfg.sft.minutes} min -> {output}"
+        f"batch {cfg.sft.batch_size} -> {output}"
     )
-    step = 0
-    while step < cfg.sft.steps:
+    for step in range(1, cfg.sft.steps + 1):
         stats = trainer.step([next(stream) for _ in range(cfg.sft.batch_size)])
-        step += 1
         minutes = (time.perf_counter() - start) / 60
-        out_of_time = cfg.sft.minutes and minutes >= cfg.sft.minutes
         if step % 25 == 0:
             log(f"step {step:5d}  loss {stats['loss']:.4f}  lr {stats['lr']:.2e}  {minutes:5.1f} min")
-        at_end = (step == cfg.sft.steps or out_of_time) and evaluate_at_end
-        if (cfg.sft.eval_every and step % cfg.sft.eval_every == 0) or at_end:
+        if cfg.sft.warn_minutes and minutes > cfg.sft.warn_minutes and not warned:
+            warned = True
+            log(
+                f"warning: SFT has run {minutes:.1f} min, past sft.warn_minutes={cfg.sft.warn_minutes:g}, at step "
+                f"{step} of {cfg.sft.steps}; it runs every step (about {minutes / step * cfg.sft.steps:.0f} min in all "
+                "on this machine). A shorter warm start: a smaller sft.steps"
+            )
+        if (cfg.sft.eval_every and step % cfg.sft.eval_every == 0) or (step == cfg.sft.steps and evaluate_at_end):
             result = evaluate(trainer, cfg) | {"step": step, "minutes": round(minutes, 2), "loss": stats["loss"]}
             history.append(result)
             log("eval  " + "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()))
-        if out_of_time:
-            break
     trainer.save(output)
     summary = {"checkpoint": str(output), "env": cfg.env.id, "obs_mode": cfg.env.obs_mode, "history": history}
     (run_dir / "sft_summary.json").write_text(json.dumps(summary, indent=2))

@@ -22,6 +22,16 @@ class ConfigError(ValueError):
     """A bad config file, key, type or value; the message names it."""
 
 
+# Keys that existed once and do something else now: what to write instead.
+RETIRED = {
+    "sft.minutes": (
+        "sft.minutes was a wall-clock cap that silently shortened SFT on a slow machine; SFT now always runs "
+        "sft.steps steps. Remove it, lower sft.steps for a shorter warm start, or set sft.warn_minutes=N "
+        "for a warning when it runs long"
+    ),
+}
+
+
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
     """The validated config as the schema's dataclasses."""
     cfg = OmegaConf.structured(Config)
@@ -102,6 +112,8 @@ def _numbers(node: DictConfig, prefix: str = ""):
 def _describe(error: OmegaConfBaseException, cfg: DictConfig, source: str) -> str:
     key = getattr(error, "full_key", None) or getattr(error, "key", None) or "?"
     if isinstance(error, ConfigKeyError):
+        if str(key) in RETIRED:
+            return f"config key '{key}' in {source} is retired: {RETIRED[str(key)]}"
         parent, _, leaf = str(key).rpartition(".")
         section = OmegaConf.select(cfg, parent) if parent else cfg
         valid = sorted(section.keys()) if isinstance(section, DictConfig) else []

@@ -156,8 +156,10 @@ class SFTConfig:
     # is what makes images learnable: its random features already encode the cards (a linear probe
     # reads them perfectly), and training the tower at SFT learning rates washes that out (docs/BENCHMARKS.md).
     freeze_vision: bool = True
-    steps: int = 600  # optimizer steps (the cosine schedule's length)
-    minutes: float = 10.0  # wall-clock cap; 0 = none
+    steps: int = 600  # optimizer steps (the cosine schedule's length): SFT always runs all of them
+    # A warning when SFT runs past this many minutes (0 = none). It never shortens SFT: a slower machine
+    # takes longer and gets the same checkpoint.
+    warn_minutes: float = 0.0
     batch_size: int = 16  # env steps per optimizer step
     lr: float = 1e-3
     warmup_steps: int = 30
@@ -170,7 +172,7 @@ class SFTConfig:
 
     def __post_init__(self):
         _positive("sft", self, ("steps", "batch_size", "lr", "grad_clip"))
-        _at_least("sft", self, ("minutes", "threads", "warmup_steps", "weight_decay", "eval_every"))
+        _at_least("sft", self, ("warn_minutes", "threads", "warmup_steps", "weight_decay", "eval_every"))
         _within("sft.min_lr_ratio", self.min_lr_ratio, 0, 1)
 
 
@@ -249,10 +251,13 @@ class TrainConfig:
     checkpoint_every: int = 5  # iterations between checkpoints (0 = only at the end)
     keep_checkpoints: int = 2  # newest checkpoints kept in <run_dir>/checkpoints
     warm_start: str = "none"  # none | sft: run the SFT warm start (sft section) first, train from its checkpoint
+    # Training success and return are also logged over the last this-many ended episodes (rollout/window_*):
+    # one iteration's ended episodes are the quick ones (a win ends early, a loss runs to the step cap).
+    episode_window: int = 100
     buffer_dir: str = ""  # teacher checkpoints on disk; "" = <run_dir>/teacher
 
     def __post_init__(self):
-        _positive("train", self, ("iterations", "rounds", "num_workers", "keep_checkpoints"))
+        _positive("train", self, ("iterations", "rounds", "num_workers", "keep_checkpoints", "episode_window"))
         _choice("train.warm_start", self.warm_start, ("none", "sft"))
         if self.eval_every < 0 or self.checkpoint_every < 0:
             raise ValueError("train.eval_every and train.checkpoint_every must be >= 0 (0 = only at the end)")

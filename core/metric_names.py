@@ -3,7 +3,10 @@ roles that measure a thing and the readers (progress line, run summary, plots, e
 use these constants.
 
 - ``rollout/``: training episodes that finished this iteration (``summarize``'s keys: return, success,
-  length, format validity, success on solvable hands), the step counts, the policy version published at
+  length, format validity, success on solvable hands: biased towards quick episodes, since a win ends
+  early and a loss runs to the step cap), success and return over the last ``train.episode_window`` ended
+  episodes with their count (``window_*``), the share of this iteration's episodes still running at its
+  end (``running_share``), the step counts, the policy version published at
   the end of the iteration, ``stale_steps`` (steps sampled by an older policy than the one just
   updated: 0, the loop is on-policy), rollout actor restarts, and ``logprob_gap`` (how far the engine's
   log-probs of the sampled tokens are from the learner's, which PPO uses);
@@ -33,6 +36,11 @@ TOTAL_ENV_STEPS = "rollout/total_env_steps"
 POLICY_VERSION = "rollout/policy_version"
 SUCCESS = "rollout/success"
 RETURN = "rollout/return"
+EPISODES = "rollout/episodes"  # ended this iteration
+WINDOW_SUCCESS = "rollout/window_success"  # over the last train.episode_window ended episodes
+WINDOW_RETURN = "rollout/window_return"
+WINDOW_EPISODES = "rollout/window_episodes"  # how many ended episodes the window holds so far
+RUNNING_SHARE = "rollout/running_share"  # still running at the end / (ended this iteration + still running)
 STEP_FORMAT_VALID = "rollout/step_format_valid"
 STEP_REWARD = "rollout/step_reward"
 STALE_STEPS = "rollout/stale_steps"

@@ -69,6 +69,8 @@ def test_resume_after_a_crash_mid_checkpoint_matches_the_uninterrupted_run(tmp_p
         assert torch.equal(a["value_head"][key], b["value_head"][key]), key
     for key in ("losses/policy", "losses/value", "rollout/return", "rollout/total_env_steps", "eval/success"):
         assert whole[key] == resumed[key], key
+    for key in ("rollout/window_success", "rollout/window_return", "rollout/window_episodes", "rollout/running_share"):
+        assert whole.get(key) == resumed.get(key), key  # the episode window came back from the checkpoint
     if guidance == "kl":
         assert whole["teacher/kl"] == resumed["teacher/kl"]
     metrics = (cut_dir / "metrics.jsonl").read_text().splitlines()

@@ -70,6 +70,22 @@ def test_run_writes_summary_and_checkpoint(tmp_path):
     assert summary["history"][-1]["episodes"] == 6.0 and summary["history"][-1]["step"] == 3
 
 
+def test_a_slow_machine_gets_a_warning_and_every_step(tmp_path, monkeypatch):
+    """Issue 18: the warm start's length is steps. Past sft.warn_minutes it warns once and goes on."""
+    clock = iter(range(0, 10_000, 60))  # every reading of the clock is a minute later
+    monkeypatch.setattr(warm_start.time, "perf_counter", lambda: float(next(clock)))
+    lines = []
+    summary = warm_start.run(_cfg(tmp_path, "sft.steps=4", "sft.warn_minutes=1.5"), log=lines.append)
+    assert summary["history"][-1]["step"] == 4
+    warnings = [line for line in lines if line.startswith("warning:")]
+    assert len(warnings) == 1 and "past sft.warn_minutes=1.5, at step 2 of 4" in warnings[0], lines
+
+
+def test_the_retired_time_cap_is_refused_with_what_to_use_instead():
+    with pytest.raises(ValueError, match="'sft.minutes' in command-line overrides is retired: .* sft.steps"):
+        load_config(None, ["sft.minutes=5"])
+
+
 @pytest.mark.alfworld
 def test_alfworld_sft_trains_on_walkthroughs_and_evaluates_on_another_split(tmp_path):
     cfg = _cfg(

@@ -169,3 +169,19 @@ def test_a_damaged_buffer_file_is_an_error_naming_it_and_copies_are_independent(
     with pytest.raises(OSError, match=f"cannot read teacher checkpoint {damaged}: "):
         buffer.load(1)
     assert set(CheckpointBuffer(tmp_path / "snapshot").load(1)) == set(_adapter(0))  # the copy is whole
+
+
+@pytest.mark.parametrize("merge", ["ties", "linear"])
+def test_copies_of_one_checkpoint_merge_to_that_checkpoint(tmp_path, merge):
+    """A merge is a policy: k identical checkpoints, untrimmed, are served as exactly that checkpoint
+    (issue 18's check of a teacher that played far worse than what it merged)."""
+    adapter = _adapter(3)
+    student = HFEngine("embedded:xs", LORA, seed=0)
+    student.load_adapter(adapter, 1)
+    teacher = _teacher(tmp_path, f"teacher.merge={merge}", "teacher.density=1.0")
+    for version in (1, 2, 3):
+        teacher.add_checkpoint(adapter, version)
+    for name in teacher.engine.merged.base:
+        assert torch.allclose(
+            teacher.engine.model.get_submodule(name).weight, student.model.get_submodule(name).weight, atol=1e-6
+        ), name

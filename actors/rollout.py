@@ -6,7 +6,8 @@ reset at once and their episode statistics returned with the batch. ``evaluate``
 seeds (disjoint from every training seed) greedily or at a set temperature.
 
 Seeds: env ``i`` of worker ``w`` starts from ``train_seed(seed, w, i)`` (< 2**31) and continues its
-own RNG across resets; evaluation episode ``j`` uses ``eval_seed(seed, j)`` (>= 2**31).
+own RNG across resets; evaluation episode ``j`` uses ``eval_seed(seed, j)`` (>= 2**31), and on ALFWorld
+plays game ``j`` of the evaluation split (``envs.tasks.eval_reset_options``).
 
 An env whose ``reset`` or ``step`` raises is reported as ``EnvCrashed`` (its own error chained), which
 cluster/ takes for an infrastructure failure: the rollout actor is replaced, the run goes on (issue 16).
@@ -27,7 +28,7 @@ import envs
 from core.answer import PromptSpec
 from core.batch import Batch, EpisodeStats, Observation, Transition
 from core.logprob import step_logprob
-from envs.tasks import prompt_text, shows_image, spec_for
+from envs.tasks import eval_reset_options, prompt_text, shows_image, spec_for
 from models.engines.base import Generation, PolicyEngine, PromptInput, SamplingParams
 
 EVAL_SEED_BASE = 2**31
@@ -67,8 +68,8 @@ class _EnvSlot:
         self.ret, self.length, self.valid = 0.0, 0, 0
         self.seed: int | None = None
 
-    def start(self, seed: int | None) -> None:
-        self.obs, self.info = self._env("reset", seed=seed)
+    def start(self, seed: int | None, options: dict[str, Any] | None = None) -> None:
+        self.obs, self.info = self._env("reset", seed=seed, **({"options": options} if options else {}))
         self.ret, self.length, self.valid, self.seed = 0.0, 0, 0, seed
 
     def step(self, action: int | str) -> tuple[Any, float, bool, bool, dict[str, Any]]:
@@ -163,7 +164,7 @@ class RolloutWorker:
         rng = np.random.default_rng([EVAL_SEED_BASE, seed, first])  # fallback actions: a function of the episodes
         active: list[_EnvSlot] = []
         for slot in self._eval_slots[: min(episodes, len(self._eval_slots))]:
-            slot.start(eval_seed(seed, pending.pop(0)))
+            self._start_eval(slot, seed, pending.pop(0))
             active.append(slot)
         results: list[EpisodeStats] = []
         while active:
@@ -184,10 +185,14 @@ class RolloutWorker:
                     continue
                 results.append(finished)
                 if pending:
-                    slot.start(eval_seed(seed, pending.pop(0)))
+                    self._start_eval(slot, seed, pending.pop(0))
                     still.append(slot)
             active = still
         return sorted(results, key=lambda e: e.seed)
+
+    def _start_eval(self, slot: _EnvSlot, seed: int, episode: int) -> None:
+        """Held-out episode ``episode``: its own seed; ALFWorld also plays game ``episode`` of the eval split."""
+        slot.start(eval_seed(seed, episode), eval_reset_options(self.eval_env_cfg.id, episode))
 
     # ------------------------------------------------------------------ state (checkpoints, resume)
 
@@ -256,6 +261,7 @@ class RolloutWorker:
                 solvable=info.get("solvable"),
                 task_type=info.get("task_type"),
                 seed=slot.seed,
+                game=info.get("gamefile"),
             )
         return transition, finished
 

@@ -41,6 +41,7 @@ from cluster.system import LocalSpawner, RunStopped, Spawner, System, local_devi
 from configs import Config, ConfigError, load_config
 from configs.loader import parse_cli, to_yaml
 from core import metric_names as names
+from envs.tasks import task
 from models.loading import resolve
 
 
@@ -235,11 +236,17 @@ class RunFolder:
 
 
 def preflight(cfg: Config) -> None:
-    """Checks that need no actor: the model path, and CUDA where the config asks for it."""
+    """Checks that need no actor: the model path, a held-out split apart from training, and CUDA where
+    the config asks for it."""
     try:
         resolve(cfg.policy.path)
     except (FileNotFoundError, ValueError) as error:
         raise SetupError(f"policy.path: {error}") from None
+    if task(cfg.env.id).split_by_file and cfg.eval.alfworld_split == cfg.env.alfworld.split:
+        raise SetupError(
+            f"eval.alfworld_split={cfg.eval.alfworld_split} is the training split (env.alfworld.split): evaluation "
+            "would measure recall; evaluate on another split, e.g. eval.alfworld_split=valid_unseen"
+        )
     if cfg.policy.engine == "vllm":
         from models.engines.vllm import VLLMUnavailable, check_available
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -98,6 +99,11 @@ def connect(cfg: Config, namespace: str, log: Callable[[str], None] = print) -> 
     check_resources(cfg, {"CPU": cpus, "GPU": gpus}, [{"CPU": cpus, "GPU": gpus}])  # before Ray starts
     if cpus > cores:
         log(f"ray: {cpus:g} logical CPUs on {cores:g} cores (the actors ask for {wanted:g}; they take turns)")
+    if cfg.cluster.dashboard and not _port_free(cfg.cluster.dashboard_port):
+        raise ResourceError(
+            f"the dashboard port 127.0.0.1:{cfg.cluster.dashboard_port} is taken (another run's dashboard?): "
+            "set cluster.dashboard_port to a free port, or cluster.dashboard=false"
+        )
     kwargs: dict[str, Any] = {}
     if cfg.cluster.num_gpus >= 0:
         kwargs["num_gpus"] = gpus
@@ -119,6 +125,17 @@ def connect(cfg: Config, namespace: str, log: Callable[[str], None] = print) -> 
     url = ctx.dashboard_url or ""
     gcs = ctx.address_info.get("gcs_address", "")
     return ClusterInfo(gcs, f"http://{url}" if url else "", started_here=True, reaper=reaper)
+
+
+def _port_free(port: int) -> bool:
+    """Nothing listens on 127.0.0.1:``port`` (connections of a run that just ended, in TIME_WAIT, do not count)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def stop(cluster: ClusterInfo) -> None:

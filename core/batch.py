@@ -72,6 +72,7 @@ class EpisodeStats:
     solvable: bool | None = None  # card hands; None where it does not apply
     task_type: str | None = None  # ALFWorld
     seed: int | None = None  # evaluation episodes
+    game: str | None = None  # ALFWorld: the game file played (which split it came from)
 
 
 @dataclass

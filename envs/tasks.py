@@ -62,6 +62,14 @@ def state_key(env_id: str, info: dict[str, Any]) -> tuple:
     return task(env_id).state_key(info)
 
 
+def eval_reset_options(env_id: str, episode: int) -> dict[str, Any] | None:
+    """The ``reset`` options of held-out episode ``episode``. A task evaluated on another data split
+    (ALFWorld) walks that split's games in order, episode j playing game j (wrapping), so N episodes
+    over N games play each once; seeds would draw games with repeats. Elsewhere the seed alone picks the
+    start (None)."""
+    return {"game": episode} if task(env_id).split_by_file else None
+
+
 def expert_answer(env_id: str, env: gym.Env, info: dict[str, Any]) -> str | None:
     """The expert's answer for the env's current state (``info`` from its last reset/step); None where
     the expert has no plan (an unsolvable Points24 hand)."""

@@ -109,3 +109,27 @@ def test_workers_split_one_evaluation_by_episode_offset():
     whole = worker().evaluate(10)
     parts = worker().evaluate(4) + worker().evaluate(6, first=4)
     assert [(e.seed, e.ret, e.length) for e in parts] == [(e.seed, e.ret, e.length) for e in whole]
+
+
+@pytest.mark.alfworld
+def test_alfworld_evaluation_walks_the_eval_split_and_penalises_malformed_answers():
+    """Held-out ALFWorld episode j plays game j of the evaluation split, however the episodes are split over
+    workers; an answer that does not parse costs the format penalty and plays the no-op ("look")."""
+    from envs.alfworld import collect_games
+    from envs.alfworld_data import split_dir
+
+    overrides = ["env.id=alfworld/ALFWorld-v0", "env.alfworld.task_types=[pick_and_place_simple]"]
+    train, held_out = _cfg(*overrides), _cfg(*overrides, "env.alfworld.split=valid_unseen")
+    settings = RolloutSettings(num_envs=2, format_valid=5.0, format_invalid=-5.0, invalid_action="noop")
+
+    def worker():
+        return RolloutWorker(
+            train, ScriptedEngine(lambda p: '{"thoughts": "look", "action'), settings, eval_env_cfg=held_out
+        )
+
+    episodes = worker().evaluate(2) + worker().evaluate(1, first=2)
+    games = [path for path, _ in collect_games(split_dir("valid_unseen"), ("pick_and_place_simple",))]
+    assert [e.game for e in episodes] == games[:3]
+    assert all(e.valid_fraction == 0.0 and e.length == 5 and e.ret == -3.0 for e in episodes)  # 5 looks in a row
+    batch = worker().sample(1)
+    assert all(t.format_reward == -5.0 and t.action == "look" and not t.action_recovered for t in batch.transitions)

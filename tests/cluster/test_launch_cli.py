@@ -1,5 +1,7 @@
 """The launcher's command line: bad input fails with exit status 2 before anything starts."""
 
+import socket
+
 import pytest
 
 from cluster import launch
@@ -22,6 +24,13 @@ def test_bad_values_and_missing_model(capsys, tmp_path):
     assert code == 2 and "cluster.mode='k8s' is not allowed" in err
     assert launch.main(["policy.path=/nowhere/model", f"run_dir={tmp_path}"]) == 2
     assert "policy.path: model path '/nowhere/model' is not a folder" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_alfworld_evaluated_on_its_training_split_is_refused_with_or_without_a_warm_start(capsys, tmp_path):
+    argv = ["env.id=alfworld/ALFWorld-v0", "env.obs_mode=text", "eval.alfworld_split=train", f"run_dir={tmp_path}"]
+    assert launch.main(argv) == 2
+    assert "eval.alfworld_split=train is the training split" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
 
 
@@ -66,6 +75,7 @@ def test_resource_totals_are_checked_before_ray_starts_fractions_included(capsys
     started = []
     monkeypatch.setattr(remote.ray, "is_initialized", lambda: False)
     monkeypatch.setattr(remote.ray, "init", lambda **kwargs: started.append(kwargs) or pytest.fail("Ray started"))
+    monkeypatch.setattr(remote, "_port_free", lambda port: True)  # whatever else runs on this machine
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     halves = ["train.num_workers=3", *(f"cluster.{role}.num_cpus=0.5" for role in ("rollout", "learner", "teacher"))]
     assert launch.main([*halves, "cluster.num_cpus=2", f"run_dir={tmp_path / 'run'}"]) == 2  # 2.5 CPUs asked
@@ -77,3 +87,17 @@ def test_resource_totals_are_checked_before_ray_starts_fractions_included(capsys
     with pytest.raises(pytest.fail.Exception):
         remote.connect(launch.load_config(None, halves), "test", log=lambda _: None)
     assert started[-1]["num_cpus"] == 3 and started[-1]["dashboard_host"] == "127.0.0.1"
+
+
+def test_a_taken_dashboard_port_is_refused_before_ray_starts(capsys, tmp_path, monkeypatch):
+    remote = pytest.importorskip("cluster.remote")
+    monkeypatch.setattr(remote.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(remote.ray, "init", lambda **kwargs: pytest.fail("Ray started"))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert launch.main([f"cluster.dashboard_port={port}", f"run_dir={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err
+    assert f"the dashboard port 127.0.0.1:{port} is taken" in err and "cluster.dashboard=false" in err

@@ -11,8 +11,9 @@
    envs x workers; an override that changes it is refused). Every run sets ``teacher.required=true``
    unless the base config or an override sets it: a run whose teacher failed stops rather than train on
    without guidance, which would blur the comparison. ``parallel`` runs go side by side (one per
-   core here). A run that finished before (its summary.md exists) is not run again, so an interrupted
-   experiment continues where it stopped; its log is ``<output>/<run>/seed<k>/launch.log``.
+   core here). A run that finished before (its summary.md exists) is not run again, and one cut off
+   resumes from its newest intact checkpoint (``cluster.launch --resume``; from scratch if it had none),
+   so an interrupted experiment continues where it stopped; its log is ``<output>/<run>/seed<k>/launch.log``.
 3. ``<output>/<name>.md`` (final held-out success and return, mean and spread over seeds, the merged
    teacher next to the student) and ``<output>/<name>.png`` (held-out success against env steps).
    Several experiments may share one output folder (and so one warm start, and runs they have in common).
@@ -34,6 +35,7 @@ import numpy as np
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from cluster import checkpoint
 from cluster.runlog import read_records
 from configs import ConfigError, load_config
 from core import metric_names as names
@@ -113,9 +115,9 @@ def _load(argv: list[str]):
 def run_all(spec: ExperimentSpec, output: Path, only: set[str] | None, log=print) -> None:
     warm, jobs = plan(spec, output)
     output.mkdir(parents=True, exist_ok=True)
-    checkpoint = output / "warm_start" / "checkpoint"
-    if not (checkpoint / "config.json").is_file():
-        log(f"warm start -> {checkpoint}")
+    start = output / "warm_start" / "checkpoint"
+    if not (start / "config.json").is_file():
+        log(f"warm start -> {start}")
         _run([sys.executable, "-m", "cluster.sft", *warm], output / "warm_start.log")
     todo = [j for j in jobs if (only is None or j.run in only) and not (j.folder / "summary.md").is_file()]
     log(f"{len(todo)} runs to go ({len(jobs)} in the grid), {spec.parallel} at a time")
@@ -123,12 +125,16 @@ def run_all(spec: ExperimentSpec, output: Path, only: set[str] | None, log=print
     while todo or running:
         while todo and len(running) < spec.parallel:
             job = todo.pop(0)
-            if job.folder.exists():  # a run cut off before its end: start it again from scratch
-                shutil.rmtree(job.folder)
-            job.folder.mkdir(parents=True, exist_ok=True)
             argv = [sys.executable, "-m", "cluster.launch", *job.argv]
+            if _resumable(job.folder):  # a run cut off before its end: on from its newest intact checkpoint
+                argv = [sys.executable, "-m", "cluster.launch", "--resume", str(job.folder)]
+                log(f"resuming {job.run} seed {job.seed} from {checkpoint.choose(job.folder).path.name}")
+            else:
+                if job.folder.exists():  # cut off before its first checkpoint: from scratch
+                    shutil.rmtree(job.folder)
+                job.folder.mkdir(parents=True)
+                log(f"started {job.run} seed {job.seed}")
             running.append((job, _start(argv, job.folder / "launch.log"), time.perf_counter()))
-            log(f"started {job.run} seed {job.seed}")
         time.sleep(1.0)
         for item in list(running):
             job, process, began = item
@@ -137,12 +143,21 @@ def run_all(spec: ExperimentSpec, output: Path, only: set[str] | None, log=print
                 minutes = (time.perf_counter() - began) / 60
                 state = "done" if process.returncode == 0 else f"FAILED (exit {process.returncode}, see launch.log)"
                 log(f"{job.run} seed {job.seed}: {state} in {minutes:.1f} min")
-                (job.folder / "wall_minutes.txt").write_text(f"{minutes:.2f}\n")
+                before = _minutes(job.folder)  # a resumed run adds its time to the cut-off one's
+                (job.folder / "wall_minutes.txt").write_text(f"{before + minutes:.2f}\n")
+
+
+def _resumable(folder: Path) -> bool:
+    try:
+        checkpoint.choose(folder)
+    except checkpoint.CheckpointError:
+        return False
+    return (folder / "config.yaml").is_file()
 
 
 def _start(argv: list[str], log_path: Path) -> subprocess.Popen:
     env = os.environ | {"OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(argv, stdout=open(log_path, "w"), stderr=subprocess.STDOUT, env=env)
+    return subprocess.Popen(argv, stdout=open(log_path, "a"), stderr=subprocess.STDOUT, env=env)
 
 
 def _run(argv: list[str], log_path: Path) -> None:

@@ -1,6 +1,7 @@
 """The experiment runner: one warm start, a grid of runs x seeds through the launcher, a results table."""
 
 import json
+import shutil
 
 import pytest
 
@@ -63,3 +64,23 @@ def test_grid_runs_require_the_teacher_unless_the_config_or_an_override_says_oth
     base = tmp_path / "base.yaml"
     base.write_text("teacher:\n  required: false\n")
     assert required(base=str(base)) == [False, False]
+
+
+def test_a_run_cut_off_resumes_from_its_newest_checkpoint(tmp_path, capsys):
+    overrides = [*TINY, "cluster.mode=local", "train.iterations=2", "train.checkpoint_every=1", "sft.steps=2"]
+    path = _spec(tmp_path, overrides=[*overrides, "sft.batch_size=2"], runs={"ppo": ["teacher.guidance=none"]})
+    assert experiment.main([str(path)]) == 0
+    run = tmp_path / "out" / "ppo" / "seed0"
+    whole = (run / "metrics.jsonl").read_text().splitlines()
+    # Cut off during iteration 2: its checkpoint and the run's end never happened.
+    (run / "summary.md").unlink()
+    shutil.rmtree(run / "checkpoints" / "iter-00000002")
+    capsys.readouterr()
+    assert experiment.main([str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "1 runs to go" in out and "resuming ppo seed 0 from iter-00000001" in out
+    resumed = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["iteration"] for x in resumed] == [1, 2]
+    for key in ("losses/policy", "rollout/return"):  # iteration 2 again, from iteration 1's state: the same
+        assert json.loads(resumed[1])[key] == json.loads(whole[1])[key]
+    assert (run / "summary.md").is_file()

@@ -202,17 +202,56 @@ def _stat(values: list[float], percent: bool) -> str:
     return f"{mean:.1f}{unit} ± {std:.1f}{spread}"
 
 
+# Student's t, 97.5 % quantile, by degrees of freedom (a 95 % interval of a mean over seeds); a df between
+# two rows takes the smaller df's, wider, value.
+T975 = {
+    1: 12.706,
+    2: 4.303,
+    3: 3.182,
+    4: 2.776,
+    5: 2.571,
+    6: 2.447,
+    7: 2.365,
+    8: 2.306,
+    9: 2.262,
+    10: 2.228,
+    12: 2.179,
+    15: 2.131,
+    20: 2.086,
+    30: 2.042,
+    60: 2.000,
+}
+
+
+def interval95(values: list[float]) -> tuple[float, float]:
+    """The t interval of the mean of ``values`` (seeds), (nan, nan) below two values."""
+    if len(values) < 2:
+        return float("nan"), float("nan")
+    df = len(values) - 1
+    t = T975[max(k for k in T975 if k <= df)] if df <= 60 else 1.96
+    mean, half = float(np.mean(values)), t * float(np.std(values, ddof=1)) / len(values) ** 0.5
+    return mean - half, mean + half
+
+
+COLLAPSE_POINTS = 0.10  # a seed collapses when an evaluation falls this far below the start
+
+
+def collapsed(points: list[tuple[int, dict]], start: float) -> bool:
+    """Whether any evaluation after the start fell COLLAPSE_POINTS or more below ``start``."""
+    return any(r[names.EVAL_SUCCESS] <= start - COLLAPSE_POINTS + 1e-9 for _, r in points[1:])
+
+
 def results_table(output: Path, spec: ExperimentSpec) -> str:
     data = curves(output, spec)
     start = start_point(output)
     lines = [
-        "| run | seeds | final success | success (solvable) | return | teacher success | teacher - student "
-        "(mean over evals) | minutes / run |",
-        "|---|---|---|---|---|---|---|---|",
+        "| run | seeds | final success | 95 % interval | collapsed | success (solvable) | return | teacher success "
+        "| teacher - student (mean over evals) | minutes / run |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     if start:
         lines.append(
-            f"| SFT start | - | {100 * start.get('success', 0):.1f} % | "
+            f"| SFT start | - | {100 * start.get('success', 0):.1f} % | - | - | "
             f"{100 * start.get('success_solvable', start.get('success', 0)):.1f} % | {start.get('return', 0):.2f} "
             "| = student | 0 | - |"
         )
@@ -225,8 +264,12 @@ def results_table(output: Path, spec: ExperimentSpec) -> str:
             if names.EVAL_TEACHER_SUCCESS in r
         ]
         minutes = [_minutes(output / run / f"seed{s}") for s in seeds]
+        low, high = interval95([r[names.EVAL_SUCCESS] for r in finals])
+        ci = f"{100 * low:.1f}-{100 * high:.1f} %" if low == low else "-"
+        fell = sum(collapsed(points, start["success"]) for points in seeds.values()) if start else None
         lines.append(
-            f"| {run} | {len(seeds)} | {_stat([r[names.EVAL_SUCCESS] for r in finals], True)} | "
+            f"| {run} | {len(seeds)} | {_stat([r[names.EVAL_SUCCESS] for r in finals], True)} | {ci} | "
+            f"{f'{fell} of {len(seeds)}' if fell is not None else '-'} | "
             f"{_stat([r.get(names.EVAL_SUCCESS_SOLVABLE, r[names.EVAL_SUCCESS]) for r in finals], True)} | "
             f"{_stat([r[names.EVAL_RETURN] for r in finals], False)} | "
             f"{_stat([r[names.EVAL_TEACHER_SUCCESS] for r in finals if names.EVAL_TEACHER_SUCCESS in r], True)} | "

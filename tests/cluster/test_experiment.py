@@ -84,3 +84,16 @@ def test_a_run_cut_off_resumes_from_its_newest_checkpoint(tmp_path, capsys):
     for key in ("losses/policy", "rollout/return"):  # iteration 2 again, from iteration 1's state: the same
         assert json.loads(resumed[1])[key] == json.loads(whole[1])[key]
     assert (run / "summary.md").is_file()
+
+
+def test_the_interval_and_the_collapse_rate_worked_by_hand():
+    low, high = experiment.interval95([0.4, 0.5, 0.6])  # sd 0.1, t(2) = 4.303: 0.5 -+ 4.303 * 0.1 / sqrt(3)
+    assert low == pytest.approx(0.25157, abs=1e-5) and high == pytest.approx(0.74843, abs=1e-5)
+    assert experiment.interval95([0.5]) != experiment.interval95([0.5])  # nan: one seed has no interval
+
+    def run(*successes):
+        return [(0, {"eval/success": 0.5})] + [(i, {"eval/success": s}) for i, s in enumerate(successes, 1)]
+
+    assert experiment.collapsed(run(0.55, 0.40, 0.60), start=0.5)  # 10 points below at one evaluation
+    assert not experiment.collapsed(run(0.41, 0.45), start=0.5)
+    assert not experiment.collapsed([(0, {"eval/success": 0.0})], start=0.5)  # the start itself is not counted

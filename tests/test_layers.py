@@ -19,7 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("core", "configs", "envs", "models", "actors", "learner", "teacher", "cluster")
-COMMANDS = ("cluster.launch", "cluster.sft", "cluster.experiment", "cluster.demo")
+COMMANDS = ("cluster.launch", "cluster.sft", "cluster.experiment", "cluster.demo", "cluster.teacher_check")
 MAY_IMPORT = {
     "core": set(),
     "configs": set(),

@@ -14,8 +14,9 @@
    core here). A run that finished before (its summary.md exists) is not run again, and one cut off
    resumes from its newest intact checkpoint (``cluster.launch --resume``; from scratch if it had none),
    so an interrupted experiment continues where it stopped; its log is ``<output>/<run>/seed<k>/launch.log``.
-3. ``<output>/<name>.md`` (final held-out success and return, mean and spread over seeds, the merged
-   teacher next to the student) and ``<output>/<name>.png`` (held-out success against env steps).
+3. ``<output>/<name>.md`` (final held-out success and return, mean and spread over seeds, a 95 % interval
+   and the collapse rate: seeds 10+ points below the start at any evaluation; the merged teacher next to
+   the student) and ``<output>/<name>.png`` (held-out success against env steps).
    Several experiments may share one output folder (and so one warm start, and runs they have in common).
 """
 

@@ -36,12 +36,12 @@ import torch
 from cluster import checkpoint
 from cluster.driver import Hook, Trainer, default_buffer_dir, restore_teacher_buffer
 from cluster.runlog import RunLog
+from cluster.settings import eval_env_config
 from cluster.supervisor import stop_message
 from cluster.system import LocalSpawner, RunStopped, Spawner, System, local_device
 from configs import Config, ConfigError, load_config
 from configs.loader import parse_cli, to_yaml
 from core import metric_names as names
-from envs.tasks import task
 from models.loading import resolve
 
 
@@ -242,11 +242,10 @@ def preflight(cfg: Config) -> None:
         resolve(cfg.policy.path)
     except (FileNotFoundError, ValueError) as error:
         raise SetupError(f"policy.path: {error}") from None
-    if task(cfg.env.id).split_by_file and cfg.eval.alfworld_split == cfg.env.alfworld.split:
-        raise SetupError(
-            f"eval.alfworld_split={cfg.eval.alfworld_split} is the training split (env.alfworld.split): evaluation "
-            "would measure recall; evaluate on another split, e.g. eval.alfworld_split=valid_unseen"
-        )
+    try:
+        eval_env_config(cfg)
+    except ValueError as error:
+        raise SetupError(str(error)) from None
     if cfg.policy.engine == "vllm":
         from models.engines.vllm import VLLMUnavailable, check_available
 

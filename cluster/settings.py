@@ -37,9 +37,15 @@ def rollout_settings(cfg: Config, num_envs: int | None = None) -> RolloutSetting
 
 
 def eval_env_config(cfg: Config):
-    """The env section evaluation uses: the same, but ALFWorld plays ``eval.alfworld_split``."""
+    """The env section evaluation uses: the same, but ALFWorld plays ``eval.alfworld_split``, which must
+    not be the training split (ValueError: evaluation would measure recall)."""
     if not task(cfg.env.id).split_by_file:
         return cfg.env
+    if cfg.eval.alfworld_split == cfg.env.alfworld.split:
+        raise ValueError(
+            f"eval.alfworld_split={cfg.eval.alfworld_split} is the training split (env.alfworld.split): evaluation "
+            "would measure recall; evaluate on another split, e.g. eval.alfworld_split=valid_unseen"
+        )
     return dataclasses.replace(cfg.env, alfworld=dataclasses.replace(cfg.env.alfworld, split=cfg.eval.alfworld_split))
 
 

@@ -79,9 +79,10 @@ def _open_run(run: Path) -> tuple[Config, str, CheckpointBuffer]:
             f"{warm} does not hold the run's SFT checkpoint; the run has not finished its warm start"
         )
     folder = Path(cfg.train.buffer_dir) if cfg.train.buffer_dir else run / "teacher"
-    if not folder.is_dir() or not CheckpointBuffer(folder).versions():
+    buffer = CheckpointBuffer(folder) if folder.is_dir() else None  # a buffer makes its folder: only open one
+    if buffer is None or not buffer.versions():
         raise FileNotFoundError(f"{folder} holds no teacher checkpoints (a run with teacher.guidance=none keeps none)")
-    return cfg, model_path, CheckpointBuffer(folder)
+    return cfg, model_path, buffer
 
 
 def check(

@@ -36,7 +36,6 @@ TOTAL_ENV_STEPS = "rollout/total_env_steps"
 POLICY_VERSION = "rollout/policy_version"
 SUCCESS = "rollout/success"
 RETURN = "rollout/return"
-EPISODES = "rollout/episodes"  # ended this iteration
 WINDOW_SUCCESS = "rollout/window_success"  # over the last train.episode_window ended episodes
 WINDOW_RETURN = "rollout/window_return"
 WINDOW_EPISODES = "rollout/window_episodes"  # how many ended episodes the window holds so far

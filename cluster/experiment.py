@@ -86,8 +86,8 @@ def plan(spec: ExperimentSpec, output: Path) -> tuple[list[str], list[Job]]:
     warm = [*base, *common, f"seed={spec.eval_seed}", f"run_dir={start}", f"sft.output={start / 'checkpoint'}"]
     budget = env_steps(_load(base + common))
     jobs, required = [], _teacher_required(spec)
-    for run, overrides in spec.runs.items():
-        for seed in spec.seeds:
+    for seed in spec.seeds:  # seed by seed: a grid cut off part-way has every arm at the same seeds
+        for run, overrides in spec.runs.items():
             folder = output / run / f"seed{seed}"
             argv = [*config, *required, *spec.overrides, *overrides, *common, f"seed={seed}", f"run_dir={folder}"]
             argv += [f"policy.path={start / 'checkpoint'}", "train.warm_start=none", "train.eval_before=false"]

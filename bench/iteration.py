@@ -74,11 +74,11 @@ def measure(
         runs = {mode: _trainer(overrides, mode, Path(tmp.name)) for mode in modes}
         for i in range(2, iterations + 2):
             for mode, trainer in runs.items():
-                records[mode].append(trainer.iteration(i))
+                records[mode].extend(trainer.iteration(i))
     else:
         for mode in modes:
             trainer = _trainer(overrides, mode, Path(tmp.name))
-            records[mode] = [trainer.iteration(i) for i in range(2, iterations + 2)]
+            records[mode] = [r for i in range(2, iterations + 2) for r in trainer.iteration(i)]
             del trainer
             free_device_memory()
     tmp.cleanup()

@@ -20,7 +20,25 @@ What overlaps in Ray mode, and what does not:
 - the teacher's re-merge of version v runs while the rollout actors sample with v: the driver waits
   for it only when it next needs the teacher (scoring, evaluating it, a checkpoint);
 - the student's evaluation (split over the rollout actors) runs beside the teacher's;
-- synchronous: learning waits for every batch and for the guidance, publishing for the learner.
+- with ``train.max_staleness`` = 0 (the default, the synchronous loop): learning waits for every batch
+  and for the guidance, publishing for the learner, sampling for the publish.
+
+The asynchronous loop (``train.max_staleness`` = k > 0, issue 19; docs/timeline.png shows it): sampling
+runs up to k iterations ahead, each batch started with the newest adapter, so the rollout actors sample
+batch i + 1 while the learner learns batch i, and a batch is learned at most k versions after the one
+that sampled it (every transition records its version; the learner corrects with decoupled PPO). There
+is no per-iteration barrier:
+- the adapter load of version v is queued on each actor behind the sampling already under way there;
+- the teacher scores batch i after its merge of version i - 1, the learner's policy (never newer);
+- an evaluation of version v is queued on the actors behind the batches sampled ahead and runs beside
+  the next update; that iteration's record is held until it ends and written just before the next one
+  (``time/eval`` is what each iteration waited for an evaluation). The last iteration waits for its own;
+- a checkpoint waits for the batches sampled ahead and stores them with it (``ahead.pt``: the actors'
+  saved states are after them), so a resumed run learns them next: none lost, none used twice;
+- ``time/sample`` is the wait for the batch (in local mode, where calls run one after another, the
+  sampling itself), not the sampling.
+Nothing is sampled past the last iteration. Local mode makes the same calls in the same order, so its
+batches come from the same versions as in Ray mode.
 
 An iteration the teacher could not guide (it was being rebuilt after a failure) trains without guidance:
 ``teacher/skipped`` is 1 in its record and ``teacher/unguided_iterations`` counts them; the run summary
@@ -30,17 +48,23 @@ says how many (``teacher.required`` stops the run instead).
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
+import torch
+
 from cluster import checkpoint, metrics
-from cluster.supervisor import Guidance, Published, Supervisor
+from cluster.roles import read_state
+from cluster.supervisor import Guidance, Later, OnEach, Published, SampleCall, Sampled, Supervisor
 from cluster.system import RunStopped, System
 from configs import Config
 from core import metric_names as names
 from core.batch import Batch, summarize
 from teacher.buffer import CheckpointBuffer
+
+AHEAD = "ahead.pt"  # a checkpoint's batches sampled ahead of the learner (asynchronous loop)
 
 Hook = Callable[[str, int, "Trainer"], None]  # (phase, iteration, trainer), called as each phase starts
 
@@ -74,6 +98,9 @@ class Trainer:
         self.total_env_steps = 0
         self.batches: list[Batch] = []  # the iteration's sampled batches, one per rollout actor (hooks read them)
         self.window = metrics.EpisodeWindow(cfg.train.episode_window)  # training success over ended episodes
+        self.ahead: deque[SampleCall] = deque()  # sampling started for the next iterations, oldest first
+        self.sampled_up_to = 0  # the last iteration whose batch has been started
+        self.held: tuple[dict, Evaluation] | None = None  # a record waiting for its evaluation
 
     @property
     def system(self) -> System:
@@ -89,10 +116,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ one iteration
 
-    def iteration(self, index: int) -> dict:
+    def iteration(self, index: int) -> list[dict]:
+        """Iteration ``index``; returns the records finished in it: its own, after the record of an earlier
+        iteration that was held while its evaluation ran beside this one's update (asynchronous loop)."""
         phase = Phases(lambda name: self.hook(name, index, self))
-        with phase("sample"):
-            sampled = self.rollouts.sample(self.cfg.train.rounds)
+        with phase("sample"):  # synchronous: the whole sampling; asynchronous (Ray): what did not overlap
+            self._start_sampling(index)
+            sampled = self.ahead.popleft().result()
         self.batches = sampled.batches
         guidance: Guidance | None = None
         if self.teacher is not None:
@@ -110,20 +140,30 @@ class Trainer:
         if self.teacher is not None:
             with phase("merge_send"):  # local: buffering and re-merge; Ray: handing it over
                 self.teacher.add_checkpoint(self.published)
-        evaluation = {}
+        finished = []
+        if self.held is not None:  # the last evaluation ran beside this update: its record is complete now
+            with phase("eval"):
+                finished.append(self._complete(*self.held))
+            self.held = None
+        evaluation = None
         if self._due(index, self.cfg.train.eval_every):
             with phase("eval"):
-                evaluation = self.evaluate()
+                evaluation = self.start_evaluation()
         transitions = [t for b in sampled.batches for t in b.transitions]
         self.total_env_steps += len(transitions)
         window = self.window.add(sampled.batches)  # before the checkpoint, which saves it
-        if self._due(index, self.cfg.train.checkpoint_every):
+        due_checkpoint = self._due(index, self.cfg.train.checkpoint_every)
+        results = {}
+        if evaluation is not None and (evaluation.ready() or due_checkpoint or index == self.cfg.train.iterations):
+            with phase("eval"):
+                results, evaluation = evaluation.result(), None
+        if due_checkpoint:
             with phase("checkpoint"):
                 self.checkpoint(index)
         teacher = {}
         if self.teacher is not None:
             teacher = self.teacher.stats | {names.TEACHER_SKIPPED: float(guidance is None)}
-        return metrics.iteration_record(
+        record = metrics.iteration_record(
             index=index,
             env_steps=len(transitions),
             total_env_steps=self.total_env_steps,
@@ -133,10 +173,31 @@ class Trainer:
             transitions=transitions,
             learner=learned,
             teacher=teacher,
-            evaluation=evaluation,
+            evaluation=results,
             counters=self.counters,
             seconds=phase.seconds,
         )
+        if evaluation is not None:  # it runs on beside the next update; the record waits for it
+            self.held = (record, evaluation)
+            return finished
+        return [*finished, record]
+
+    def finish(self) -> list[dict]:
+        """The record still held for its evaluation, if any (the last iteration holds none)."""
+        held, self.held = self.held, None
+        return [self._complete(*held)] if held is not None else []
+
+    def _start_sampling(self, index: int) -> None:
+        """Sampling started for iterations up to ``index + max_staleness`` (none past the last one), each
+        with the newest adapter: a batch is learned at most ``max_staleness`` versions after its own."""
+        last = max(index, min(index + self.cfg.train.max_staleness, self.cfg.train.iterations))
+        self.sampled_up_to = max(self.sampled_up_to, index - 1)
+        while self.sampled_up_to < last:
+            self.ahead.append(self.rollouts.start_sample(self.cfg.train.rounds))
+            self.sampled_up_to += 1
+
+    def _complete(self, record: dict, evaluation: Evaluation) -> dict:
+        return record | evaluation.result()
 
     def _due(self, index: int, every: int) -> bool:
         return (every and index % every == 0) or index == self.cfg.train.iterations
@@ -145,19 +206,24 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         """Held-out episodes: the student's split over the rollout actors, the teacher's beside them."""
+        return self.start_evaluation().result()
+
+    def start_evaluation(self) -> Evaluation:
+        """The held-out evaluation of the version just published, started: on each rollout actor after the
+        sampling already queued there, on the teacher after its merge of that version."""
         n = self.cfg.eval.episodes
         teacher = self.teacher.evaluate(n) if self.teacher is not None and self.cfg.train.eval_teacher else None
-        out = {names.EVAL + k: v for k, v in summarize(self.rollouts.evaluate(n)).items()}
-        episodes = teacher.result() if teacher is not None else None  # None: the teacher failed, rebuilding
-        if episodes is not None:
-            out |= {names.EVAL_TEACHER + k: v for k, v in summarize(episodes).items()}
-        return out
+        return Evaluation(self.rollouts.start_evaluate(n), teacher)
 
     # ------------------------------------------------------------------ checkpoints and resume
 
     def checkpoint(self, index: int) -> Path:
-        """Every role's state in a new checkpoint folder, sealed atomically (cluster/checkpoint.py)."""
+        """Every role's state in a new checkpoint folder, sealed atomically (cluster/checkpoint.py); in the
+        asynchronous loop also the batches sampled ahead (the rollout actors' states are after them)."""
+        ahead = [call.result() for call in self.ahead]  # first: an actor replaced on the way saves after it
         tmp = checkpoint.begin(self.run_dir, index)
+        if ahead:
+            torch.save([s.batches for s in ahead], tmp / AHEAD)
         learner = self.learner.save(tmp / "learner.pt")  # beside the rollout actors' saves
         self.rollouts.save(tmp)
         learner.result()
@@ -199,9 +265,31 @@ class Trainer:
             if self.published.version:
                 self.teacher.add_checkpoint(self.published)  # a no-op when the restored buffer already holds it
         self.total_env_steps = state["total_env_steps"]
+        self.ahead.clear()
+        if (path / AHEAD).is_file():  # sampled before the checkpoint, learned after it
+            for batches in read_state(str(path / AHEAD)):
+                self.ahead.append(SampleCall(done=Sampled(batches, batches)))
+        self.sampled_up_to = state["iteration"] + len(self.ahead)
         self.window.load(state.get("episode_window", []))  # absent in checkpoints before issue 18
         self.supervisor.last_checkpoint = path
         return state["iteration"]
+
+
+class Evaluation:
+    """A held-out evaluation under way: the student's on the rollout actors, the teacher's beside them."""
+
+    def __init__(self, student: OnEach, teacher: Later | None):
+        self.student, self.teacher = student, teacher
+
+    def ready(self) -> bool:
+        return self.student.ready() and (self.teacher is None or self.teacher.pending.ready())
+
+    def result(self) -> dict[str, float]:
+        out = {names.EVAL + k: v for k, v in summarize([e for p, _ in self.student.result() for e in p]).items()}
+        episodes = self.teacher.result() if self.teacher is not None else None  # None: failed, rebuilding
+        if episodes is not None:
+            out |= {names.EVAL_TEACHER + k: v for k, v in summarize(episodes).items()}
+        return out
 
 
 def _other_checkpoints(path: Path) -> str:

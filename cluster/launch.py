@@ -120,7 +120,9 @@ def _train(cfg: Config, run_dir: Path, trainer: Trainer, latest: Path | None, lo
             record = {names.ITERATION: 0, names.TOTAL_ENV_STEPS: 0} | trainer.evaluate()
             runlog.write(record | {names.EVAL_SECONDS: time.perf_counter() - began})
         for index in range(start + 1, cfg.train.iterations + 1):
-            record = trainer.iteration(index)
+            for record in trainer.iteration(index):  # its own; first, one held for its evaluation (async)
+                runlog.write(record)
+        for record in trainer.finish():
             runlog.write(record)
     except BaseException:
         runlog.close_after_failure()

@@ -142,6 +142,7 @@ class LearnerRole:
             dtype=p.dtype,
             device=device,
             seed=cfg.seed,
+            max_staleness=cfg.train.max_staleness,
         )
         self.replay: deque[SFTLabel] = deque(maxlen=cfg.teacher.replay_size)
 

@@ -160,7 +160,11 @@ class Supervisor:
 class Rollouts:
     """The rollout actors as one: each method runs on every actor in parallel and returns in worker order.
     An actor that fails recoverably (this call, or the adapter load queued before it) is replaced by a new
-    incarnation holding the current adapter, and its part is redone."""
+    incarnation holding the adapter the call was to run with, and its part is redone.
+
+    ``start_sample`` and ``start_evaluate`` return at once (``OnEach``); the asynchronous loop keeps
+    several calls queued on each actor, which runs them in order, each after the adapter loads queued
+    before it."""
 
     def __init__(self, supervisor: Supervisor):
         self.supervisor = supervisor
@@ -170,16 +174,21 @@ class Rollouts:
     def __len__(self) -> int:
         return len(self.supervisor.system.rollouts)
 
-    def sample(self, rounds: int) -> Sampled:
-        """``rounds`` lock-step rounds of every actor's K envs."""
-        done = self._on_each("sample", lambda i: (rounds,))
-        return Sampled([batch for batch, _ in done], [ref for _, ref in done])
+    def start_sample(self, rounds: int) -> SampleCall:
+        """``rounds`` lock-step rounds of every actor's K envs, started (with the adapter loaded last)."""
+        return SampleCall(self._start("sample", lambda i: (rounds,)))
 
-    def evaluate(self, episodes: int) -> list[EpisodeStats]:
-        """Held-out episodes ``0 .. episodes - 1``, split over the actors."""
+    def sample(self, rounds: int) -> Sampled:
+        return self.start_sample(rounds).result()
+
+    def start_evaluate(self, episodes: int) -> OnEach:
+        """Held-out episodes ``0 .. episodes - 1``, split over the actors, started."""
         n = len(self)
         shares = [(episodes * i // n, episodes * (i + 1) // n - episodes * i // n) for i in range(n)]
-        return [e for part, _ in self._on_each("evaluate", lambda i: shares[i]) for e in part]
+        return self._start("evaluate", lambda i: shares[i])
+
+    def evaluate(self, episodes: int) -> list[EpisodeStats]:
+        return [e for part, _ in self.start_evaluate(episodes).result() for e in part]
 
     def load_adapter(self, published: Published) -> None:
         """Queue ``published`` on every actor, before its next call (a new incarnation gets it too)."""
@@ -188,32 +197,89 @@ class Rollouts:
             self._queue_load(i, handle)
 
     def save(self, folder: Path) -> None:
-        self._on_each("save", lambda i: (str(folder / f"rollout-{i}.pt"),))
+        self._start("save", lambda i: (str(folder / f"rollout-{i}.pt"),)).result()
 
     def load(self, folder: Path) -> None:
-        self._on_each("load", lambda i: (str(folder / f"rollout-{i}.pt"),))
+        self._start("load", lambda i: (str(folder / f"rollout-{i}.pt"),)).result()
 
     def _queue_load(self, index: int, handle: Handle) -> None:
         if self.published is not None:
             self.loads[index] = handle.call("load_adapter", self.published.adapter, self.published.version)
 
-    def _on_each(self, method: str, args_for: Callable[[int], tuple]) -> list[tuple[Any, Any]]:
-        """[(value, ref)] of ``method`` on every actor, started on all before any is waited for."""
-        pendings = [h.call(method, *args_for(i)) for i, h in enumerate(self.supervisor.system.rollouts)]
-        out = []
-        for i, pending in enumerate(pendings):
-            while True:
-                try:
-                    load = self.loads.pop(i, None)
-                    if load is not None:
-                        load.result()
-                    out.append((pending.result(), pending.ref))
-                    break
-                except RoleError as error:
-                    handle = self.supervisor.replace_rollout(i, error, method)
-                    self._queue_load(i, handle)
-                    pending = handle.call(method, *args_for(i))
-        return out
+    def _start(self, method: str, args_for: Callable[[int], tuple]) -> OnEach:
+        """``method`` started on every actor, after the adapter load queued before it."""
+        parts = []
+        for i, handle in enumerate(self.supervisor.system.rollouts):
+            args, load = args_for(i), self.loads.pop(i, None)
+            parts.append(_Part(i, handle, method, args, load, handle.call(method, *args), self.published))
+        return OnEach(self, parts)
+
+    def _redo(self, part: _Part, error: RoleError) -> None:
+        """``part`` again on a new incarnation of its actor (or on the one that already replaced it, when
+        another call saw the failure first), with the adapter it was started with."""
+        current = self.supervisor.system.rollouts[part.index]
+        if current is part.handle:
+            current = self.supervisor.replace_rollout(part.index, error, part.method)
+        elif not error.recoverable:
+            self.supervisor.stop_unless_recoverable(error)
+        part.handle = current
+        part.load = None
+        if part.published is not None:
+            part.load = current.call("load_adapter", part.published.adapter, part.published.version)
+        part.pending = current.call(part.method, *part.args)
+        if self.published is not part.published:  # the actor's later calls run with the newest adapter
+            self._queue_load(part.index, current)
+
+
+@dataclass
+class _Part:
+    """One actor's part of a call on every rollout actor."""
+
+    index: int
+    handle: Handle
+    method: str
+    args: tuple
+    load: Pending | None  # the adapter load queued before the call
+    pending: Pending
+    published: Published | None  # the adapter it runs with
+
+
+class OnEach:
+    """A call on every rollout actor, under way; ``result()`` is [(value, ref)] in worker order."""
+
+    def __init__(self, rollouts: Rollouts, parts: list[_Part]):
+        self.rollouts, self.parts = rollouts, parts
+        self._done: list[tuple[Any, Any]] | None = None
+
+    def ready(self) -> bool:
+        return self._done is not None or all(p.pending.ready() for p in self.parts)
+
+    def result(self) -> list[tuple[Any, Any]]:
+        if self._done is None:
+            self._done = [self._part(part) for part in self.parts]
+        return self._done
+
+    def _part(self, part: _Part) -> tuple[Any, Any]:
+        while True:
+            try:
+                if part.load is not None:
+                    part.load.result()
+                return part.pending.result(), part.pending.ref
+            except RoleError as error:
+                self.rollouts._redo(part, error)
+
+
+class SampleCall:
+    """Sampling under way on every rollout actor; ``result()`` is the ``Sampled`` batches."""
+
+    def __init__(self, each: OnEach | None = None, done: Sampled | None = None):
+        self.each, self._done = each, done
+
+    def result(self) -> Sampled:
+        if self._done is None:
+            done = self.each.result()
+            self._done = Sampled([batch for batch, _ in done], [ref for _, ref in done])
+        return self._done
 
 
 class LearnerProxy:

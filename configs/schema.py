@@ -199,10 +199,12 @@ class LearnerConfig:
     # row the others attend to: the same losses and gradients to float rounding, about 1.5x faster on the
     # card games. Off under gradient checkpointing. With LoRA dropout, that row's dropout mask is shared.
     share_prefix: bool = True
+    # train.max_staleness > 0 (decoupled PPO): a stale step's weight pi_proximal / pi_behaviour is capped here.
+    behaviour_weight_cap: float = 5.0
 
     def __post_init__(self):
         _positive("learner", self, ("lr", "adam_eps", "epochs", "minibatch_size", "micro_batch_size", "max_grad_norm"))
-        _positive("learner", self, ("clip", "value_clip"))
+        _positive("learner", self, ("clip", "value_clip", "behaviour_weight_cap"))
         _at_least("learner", self, ("value_coef", "sft_coef"))
         _within("learner.min_lr_ratio", self.min_lr_ratio, 0, 1)
         if not (0 <= self.gamma <= 1 and 0 <= self.gae_lambda <= 1):
@@ -255,12 +257,18 @@ class TrainConfig:
     # one iteration's ended episodes are the quick ones (a win ends early, a loss runs to the step cap).
     episode_window: int = 100
     buffer_dir: str = ""  # teacher checkpoints on disk; "" = <run_dir>/teacher
+    # Asynchronous actor/learner (issue 19): the rollout actors sample up to this many batches ahead of the
+    # learner, so a batch is learned at most this many policy versions after the one that sampled it
+    # (decoupled PPO corrects for it: learner/learner.py). 0 = the synchronous loop, phase by phase.
+    max_staleness: int = 0
 
     def __post_init__(self):
         _positive("train", self, ("iterations", "rounds", "num_workers", "keep_checkpoints", "episode_window"))
         _choice("train.warm_start", self.warm_start, ("none", "sft"))
         if self.eval_every < 0 or self.checkpoint_every < 0:
             raise ValueError("train.eval_every and train.checkpoint_every must be >= 0 (0 = only at the end)")
+        if self.max_staleness < 0:
+            raise ValueError(f"train.max_staleness must be >= 0 (0 = synchronous), got {self.max_staleness}")
 
 
 @dataclass

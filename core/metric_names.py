@@ -8,9 +8,12 @@ use these constants.
   episodes with their count (``window_*``), the share of this iteration's episodes still running at its
   end (``running_share``), the step counts, the policy version published at
   the end of the iteration, ``stale_steps`` (steps sampled by an older policy than the one just
-  updated: 0, the loop is on-policy), rollout actor restarts, and ``logprob_gap`` (how far the engine's
-  log-probs of the sampled tokens are from the learner's, which PPO uses);
-- ``losses/``: the learner's (policy, value, entropy, clip fraction, approx KL, grad norm, lr, ...);
+  updated: 0 in the synchronous loop), ``staleness`` and ``staleness_max`` (how many versions behind
+  the learning policy a step's sampling policy was: at most ``train.max_staleness``), rollout actor
+  restarts, and ``logprob_gap`` (how far the engine's log-probs of the sampled tokens are from the
+  learner's, which PPO uses);
+- ``losses/``: the learner's (policy, value, entropy, clip fraction, approx KL, grad norm, lr, and with
+  ``train.max_staleness`` > 0 decoupled PPO's ``behaviour_weight`` and the share of it capped, ...);
 - ``teacher/``: KL penalty, merge time, checkpoints in the buffer, merged version, SFT labels, restarts,
   ``skipped`` (1 when the iteration trained without guidance because the teacher was being rebuilt) and
   ``unguided_iterations`` (how many such iterations so far);
@@ -43,6 +46,8 @@ RUNNING_SHARE = "rollout/running_share"  # still running at the end / (ended thi
 STEP_FORMAT_VALID = "rollout/step_format_valid"
 STEP_REWARD = "rollout/step_reward"
 STALE_STEPS = "rollout/stale_steps"
+STALENESS = "rollout/staleness"  # mean versions between the policy that sampled a step and the one learning it
+STALENESS_MAX = "rollout/staleness_max"
 ROLLOUT_RESTARTS = "rollout/restarts"
 LOGPROB_GAP = "rollout/logprob_gap"  # mean |engine - learner| step log-prob (the learner's are used)
 LOGPROB_GAP_MAX = "rollout/logprob_gap_max"
@@ -55,6 +60,8 @@ EXPLAINED_VARIANCE = "losses/explained_variance"
 ADVANTAGE_MEAN = "losses/advantage_mean"
 LR = "losses/lr"
 OPTIMIZER_STEPS = "losses/optimizer_steps"
+BEHAVIOUR_WEIGHT = "losses/behaviour_weight"  # mean pi_prox / pi_behaviour over stale steps (decoupled PPO)
+BEHAVIOUR_WEIGHT_CAPPED = "losses/behaviour_weight_capped"  # share of stale steps whose weight was capped
 
 TEACHER_KL = "teacher/kl"
 MERGE_SECONDS = "teacher/merge_seconds"

@@ -19,6 +19,16 @@ A plain class (no Ray). One ``update`` is the paper's learning phase (DESIGN.md 
    every row of a micro-batch starts with (the instruction) go through the model once
    (models/scoring.py ``share_prefix``); statistics stay on the device until one read per minibatch.
 
+Asynchronous loop (``train.max_staleness`` = k > 0, issue 19): a batch may have been sampled by any of
+the k versions before the learner's. The learner keeps the adapters of its last k versions; the pass of
+step 1 gives the proximal policy (the learner's own at the update's start: the ratio, its clip, the KL's
+student side, the values), and one more pass per older version present, with that version's adapter
+swapped in, gives the behaviour policy's log-probs. Decoupled PPO (core/ppo_loss.py) weights each step by
+``pi_prox / pi_behaviour``, capped at ``learner.behaviour_weight_cap``: the trust region stays around the
+policy being updated, however stale the batch, and the weight corrects for who sampled it. The rollout
+engine's own log-probs are not used for this, for the reason given in step 1. With every step on-policy
+(k = 0) nothing of this runs, and the update is bit for bit the synchronous one.
+
 A non-finite loss or gradient norm stops the update before its optimizer step, and so do non-finite
 weights at its end (``NonFiniteError``): the run stops at its last good checkpoint instead of training
 on, or finishing, with NaN weights.
@@ -69,6 +79,14 @@ class Sampled:
     entropy: float  # mean per-token entropy of the sampling policy
 
 
+@dataclass
+class Behaviour:
+    """The log-probs of the sampled tokens under the policy that sampled each step (asynchronous loop)."""
+
+    token_logprobs: torch.Tensor  # (n, W); the rows of on-policy steps are the proximal pass's
+    logp: torch.Tensor  # (n,) step log-probs
+
+
 class Learner:
     def __init__(
         self,
@@ -84,8 +102,10 @@ class Learner:
         dtype: str = "float32",
         device: str = "cpu",
         seed: int = 0,
+        max_staleness: int = 0,
     ):
         self.cfg, self.temperature, self.thought_weight = cfg, temperature, thought_weight
+        self.max_staleness = max_staleness
         self.kl_coef, self.kl_estimator = kl_coef, kl_estimator
         self.device = torch.device(device)
         # LoRA dropout draws from the device's generator: on a GPU its state is the learner's too.
@@ -103,6 +123,9 @@ class Learner:
             self.optimizer, 0, total_steps, min_lr_rate=cfg.min_lr_ratio
         )
         self.version = 0
+        # version -> adapter of the versions a stale batch may come from (train.max_staleness of them)
+        self.history: dict[int, dict[str, torch.Tensor]] = {}
+        self._remember(self.policy.adapter())
 
     # ------------------------------------------------------------------ the update
 
@@ -135,6 +158,10 @@ class Learner:
         cfg = self.cfg
         transitions = [t for b in batches for t in b.transitions]
         sampled = self._sample_pass(transitions)
+        behaviour = self._behaviour_pass(transitions, sampled)  # None: every step sampled by this policy
+        weights = None
+        if behaviour is not None:
+            weights = (sampled.logp - behaviour.logp).exp().clamp(max=self.cfg.behaviour_weight_cap)
         old_values, advantages, returns, gae_adv = self._advantages(batches, sampled.values)
         kl = None
         if teacher_logprobs is not None:
@@ -150,7 +177,7 @@ class Learner:
             for start in range(0, n, cfg.minibatch_size):
                 indices = order[start : start + cfg.minibatch_size]
                 label = sft_labels[int(torch.randint(len(sft_labels), ()).item())] if sft_labels else None
-                mb = self._minibatch(transitions, sampled, indices, old_values, advantages, returns, label)
+                mb = self._minibatch(transitions, sampled, indices, old_values, advantages, returns, label, weights)
                 for key, value in mb.items():
                     totals[key] = totals.get(key, 0.0) + value
                 steps += 1
@@ -163,7 +190,8 @@ class Learner:
             names.LR: self.scheduler.get_last_lr()[0],
             names.OPTIMIZER_STEPS: float(steps),
         }
-        stats |= _logprob_gap(transitions, sampled)
+        stats |= _logprob_gap(transitions, behaviour or sampled)  # the engine against the policy that sampled
+        stats |= self._staleness(transitions, sampled, behaviour)
         if kl is not None:
             stats[names.TEACHER_KL] = kl.mean().item()
         return stats
@@ -207,6 +235,57 @@ class Learner:
             values=torch.cat(values) if values else torch.zeros(0),
             entropy=float(entropy / max(float(tokens), 1.0)),
         )
+
+    @torch.no_grad()
+    def _behaviour_pass(self, transitions: Sequence[Transition], sampled: Sampled) -> Behaviour | None:
+        """The log-probs of the sampled tokens under the policy that sampled each step (its adapter swapped in
+        for the pass), for the steps an older version sampled; None when there is none."""
+        stale = sorted({t.policy_version for t in transitions if t.policy_version != self.version})
+        if not stale or not self.max_staleness:
+            return None
+        missing = [v for v in stale if v not in self.history]
+        if missing:
+            raise ValueError(
+                f"steps sampled by policy version(s) {missing}, but the learner (version {self.version}) keeps "
+                f"versions {sorted(self.history)} (train.max_staleness={self.max_staleness}): a batch older "
+                "than the staleness bound reached the learner"
+            )
+        token_logprobs = sampled.token_logprobs.clone()
+        current = self.policy.adapter()
+        self.policy.eval()
+        try:
+            for version in stale:
+                self.policy.load_adapter(self.history[version])
+                rows = [i for i, t in enumerate(transitions) if t.policy_version == version]
+                for start in range(0, len(rows), self.cfg.micro_batch_size):
+                    chunk = rows[start : start + self.cfg.micro_batch_size]
+                    out, _ = self.policy.evaluate(
+                        [sampled.prompts[i] for i in chunk],
+                        [transitions[i].response_ids for i in chunk],
+                        self.temperature,
+                        images=[sampled.images[i] for i in chunk] if sampled.images is not None else None,
+                        share_prefix=self.cfg.share_prefix,
+                    )
+                    for row, i in zip(out.logprobs.cpu(), chunk, strict=True):
+                        width = len(transitions[i].response_ids)
+                        token_logprobs[i, :width] = row[:width]
+        finally:
+            self.policy.load_adapter(current)
+        logp = step_logprob(token_logprobs, sampled.thought, sampled.action, self.thought_weight)
+        return Behaviour(token_logprobs=token_logprobs, logp=logp)
+
+    def _staleness(self, transitions, sampled: Sampled, behaviour: Behaviour | None) -> dict[str, float]:
+        """How many versions behind this update's policy the sampling policies were, and decoupled PPO's weights."""
+        if not transitions:
+            return {}
+        behind = [self.version - t.policy_version for t in transitions]
+        stats = {names.STALENESS: sum(behind) / len(behind), names.STALENESS_MAX: float(max(behind))}
+        if behaviour is not None:
+            stale = torch.tensor([b > 0 for b in behind])
+            raw = (sampled.logp - behaviour.logp).exp()[stale]
+            stats[names.BEHAVIOUR_WEIGHT] = raw.clamp(max=self.cfg.behaviour_weight_cap).mean().item()
+            stats[names.BEHAVIOUR_WEIGHT_CAPPED] = (raw > self.cfg.behaviour_weight_cap).float().mean().item()
+        return stats
 
     def _thought_kl(self, transitions, sampled: Sampled, teacher_logprobs) -> torch.Tensor:
         """(n,) per-step thought KL between the learner's log-probs of the sampled tokens and the teacher's."""
@@ -254,7 +333,7 @@ class Learner:
         return torch.cat(out) if out else torch.zeros(0)
 
     def _minibatch(
-        self, transitions, sampled: Sampled, indices, old_values, advantages, returns, label
+        self, transitions, sampled: Sampled, indices, old_values, advantages, returns, label, weights=None
     ) -> dict[str, float]:
         cfg = self.cfg
         self.policy.train()
@@ -276,7 +355,11 @@ class Learner:
             thought, action = (m[idx, :width].to(self.device) for m in (sampled.thought, sampled.action))
             new_logp = step_logprob(out.logprobs, thought, action, self.thought_weight)
             pg, pg_stats = policy_loss(
-                new_logp, sampled.logp[idx].to(self.device), advantages[idx].to(self.device), cfg.clip
+                new_logp,
+                sampled.logp[idx].to(self.device),
+                advantages[idx].to(self.device),
+                cfg.clip,
+                weights[idx].to(self.device) if weights is not None else None,
             )
             vf = value_loss(values, old_values[idx].to(self.device), returns[idx].to(self.device), cfg.value_clip)
             ((pg + cfg.value_coef * vf) * weight).backward()
@@ -318,7 +401,16 @@ class Learner:
     def publish(self) -> tuple[int, dict[str, torch.Tensor]]:
         """A new adapter version: (version, LoRA state dict on CPU)."""
         self.version += 1
-        return self.version, self.policy.adapter()
+        adapter = self.policy.adapter()
+        self._remember(adapter)
+        return self.version, adapter
+
+    def _remember(self, adapter: dict[str, torch.Tensor]) -> None:
+        """Keep the current version's adapter while a stale batch may still come from it."""
+        if self.max_staleness:
+            self.history[self.version] = adapter
+            for version in [v for v in self.history if v < self.version - self.max_staleness]:
+                del self.history[version]
 
     def state_dict(self) -> dict:
         """Everything the next update depends on, as copies (an optimizer's own state_dict aliases
@@ -330,6 +422,7 @@ class Learner:
             "scheduler": copy.deepcopy(self.scheduler.state_dict()),
             "version": self.version,
             "rng": {k: v.clone() for k, v in self._rng_state.items()},
+            "history": dict(self.history),  # adapters are never changed in place once kept
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -338,6 +431,9 @@ class Learner:
         self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
         self.scheduler.load_state_dict(copy.deepcopy(state["scheduler"]))
         self.version = state["version"]
+        self.history = dict(state.get("history", {})) if self.max_staleness else {}  # absent before issue 19
+        if self.max_staleness and self.version not in self.history:
+            self._remember(state["adapter"])
         rng = state["rng"]
         rng = {"cpu": rng} if isinstance(rng, torch.Tensor) else rng  # checkpoints from before the CUDA state
         self._rng_state = {k: v.clone() for k, v in rng.items()}

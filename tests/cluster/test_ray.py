@@ -71,6 +71,40 @@ def test_killed_rollout_actor_and_teacher_mid_run(cluster, tmp_path):
     assert any("rebuilding the teacher" in line for line in lines)
 
 
+def test_asynchronous_loop_through_ray_actors_survives_killed_actors(cluster, tmp_path):
+    """max_staleness=1: the rollout actors sample the next batch while the learner learns. Killing one while
+    that batch is under way replaces it, and the batch is redone: none lost, none older than the bound. A
+    teacher killed mid-run is rebuilt from its buffer as in the synchronous loop."""
+    killed = []
+
+    def hook(phase, index, trainer):
+        if index == 2 and phase == "learn":  # batch 3 is being sampled beside this update
+            ray.kill(trainer.system.rollouts[1].actor)
+            killed.append("rollout-1")
+        if index == 3 and phase == "learn":  # the teacher dies between scoring and its next checkpoint
+            ray.kill(trainer.system.teacher.actor)
+            killed.append("teacher")
+
+    last, lines, records = _run(
+        tmp_path,
+        "train.num_workers=2",
+        "teacher.guidance=kl",
+        "train.iterations=4",
+        "train.max_staleness=1",
+        hook=hook,
+    )
+    assert killed == ["rollout-1", "teacher"]
+    trained = records[1:]
+    assert [r["iteration"] for r in records] == [0, 1, 2, 3, 4]
+    assert all(r["rollout/env_steps"] == 24 for r in trained)
+    assert [r["rollout/staleness_max"] for r in trained][:2] == [0.0, 1.0]
+    assert all(r["rollout/staleness_max"] <= 1 for r in trained)
+    assert last["rollout/restarts"] == 1 and last["rollout/total_env_steps"] == 4 * 24
+    assert last["teacher/restarts"] == 1 and last["teacher/unguided_iterations"] >= 1
+    assert "eval/success" in records[2] and "eval/success" in records[4]
+    assert any("rebuilding the teacher" in line for line in lines)
+
+
 def test_learner_failure_stops_the_run_naming_the_last_checkpoint(cluster, tmp_path):
     def hook(phase, index, trainer):
         if index == 2 and phase == "learn":

@@ -105,7 +105,8 @@ def role_spans(began: float, ended: float) -> dict[str, list[tuple[str, float, f
 
 
 def draw_timeline(panels: dict[str, dict[str, list[tuple[str, float, float]]]], path: Path) -> None:
-    """One panel per setting: a row per role, a bar per call, coloured by method."""
+    """One panel per setting: a row per role, a bar per call, coloured by method; each role's busy share is
+    of its panel's timed iterations (the x axis is shared, so the shorter panel did the same work faster)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -120,7 +121,8 @@ def draw_timeline(panels: dict[str, dict[str, list[tuple[str, float, float]]]], 
         for row, role in enumerate(roles):
             for method, start, end in spans[role]:
                 ax.barh(row, end - start, left=start, color=colours[method], edgecolor="none", height=0.7)
-        busy = {r: sum(e - s for _, s, e in spans[r]) / width for r in roles}
+        span = max((e for calls in spans.values() for _, _, e in calls), default=1.0)  # this panel's iterations
+        busy = {r: sum(e - s for _, s, e in spans[r]) / span for r in roles}
         ax.set_yticks(range(len(roles)), [f"{r} ({busy[r]:.0%} busy)" for r in roles])
         ax.invert_yaxis()
         ax.set_xlim(0, width)

@@ -57,7 +57,7 @@ import torch
 
 from cluster import checkpoint, metrics
 from cluster.roles import read_state
-from cluster.supervisor import Guidance, Later, OnEach, Published, SampleCall, Sampled, Supervisor
+from cluster.supervisor import Guidance, Later, OnEach, Published, SampleCall, Sampled, Scoring, Supervisor
 from cluster.system import RunStopped, System
 from configs import Config
 from core import metric_names as names
@@ -65,6 +65,7 @@ from core.batch import Batch, summarize
 from teacher.buffer import CheckpointBuffer
 
 AHEAD = "ahead.pt"  # a checkpoint's batches sampled ahead of the learner (asynchronous loop)
+SCORED = "scored.pt"  # the teacher's guidance for the first of them, already given
 
 Hook = Callable[[str, int, "Trainer"], None]  # (phase, iteration, trainer), called as each phase starts
 
@@ -101,6 +102,7 @@ class Trainer:
         self.ahead: deque[SampleCall] = deque()  # sampling started for the next iterations, oldest first
         self.sampled_up_to = 0  # the last iteration whose batch has been started
         self.held: tuple[dict, Evaluation] | None = None  # a record waiting for its evaluation
+        self.scoring: Scoring | None = None  # the teacher's guidance for the next batch, under way (async)
 
     @property
     def system(self) -> System:
@@ -125,15 +127,21 @@ class Trainer:
             sampled = self.ahead.popleft().result()
         self.batches = sampled.batches
         guidance: Guidance | None = None
+        scoring, self.scoring = self.scoring, None  # asynchronous: started during the last update
         if self.teacher is not None:
             with phase("merge_wait"):  # Ray: the re-merge that did not overlap the sample; local: ~0
                 merged = self.teacher.merged()
-            with phase("score"):
-                guidance = self.teacher.guide(sampled) if merged else None
+            with phase("score"):  # asynchronous: what did not overlap the last update
+                if merged and scoring is not None and scoring.usable_for(sampled.refs):
+                    guidance = scoring.result()
+                elif merged:
+                    guidance = self.teacher.guide(sampled)
             if guidance is None:  # the teacher is being rebuilt: this iteration trains without guidance
                 self.counters[names.UNGUIDED_ITERATIONS] += 1
         with phase("learn"):
-            learned = self.learner.update(sampled, guidance)
+            update = self.learner.start_update(sampled, guidance)
+            self._start_scoring()
+            learned = update.result()
         with phase("publish"):
             self.published = self.learner.publish()
             self.rollouts.load_adapter(self.published)  # queued before the next sample
@@ -196,6 +204,16 @@ class Trainer:
             self.ahead.append(self.rollouts.start_sample(self.cfg.train.rounds))
             self.sampled_up_to += 1
 
+    def _start_scoring(self) -> None:
+        """Asynchronous loop: the teacher scores the next batch while the learner learns this one (Ray mode:
+        as soon as it is sampled), with its merge of the learner's version before this update: no newer
+        than the version that will learn it."""
+        if not self.cfg.train.max_staleness or self.teacher is None or not self.ahead:
+            return
+        refs = self.ahead[0].refs()
+        if refs is not None and self.teacher.starting is None:
+            self.scoring = self.teacher.start_guide(refs)
+
     def _complete(self, record: dict, evaluation: Evaluation) -> dict:
         return record | evaluation.result()
 
@@ -221,9 +239,15 @@ class Trainer:
         """Every role's state in a new checkpoint folder, sealed atomically (cluster/checkpoint.py); in the
         asynchronous loop also the batches sampled ahead (the rollout actors' states are after them)."""
         ahead = [call.result() for call in self.ahead]  # first: an actor replaced on the way saves after it
+        scored = None
+        if self.scoring is not None and ahead and self.scoring.usable_for(ahead[0].refs):
+            scored = self.scoring.value()  # the next batch's guidance, from the merge it was scored with
+        self.scoring = None if scored is None else Scoring.done(self.teacher, scored, ahead[0].refs)
         tmp = checkpoint.begin(self.run_dir, index)
         if ahead:
             torch.save([s.batches for s in ahead], tmp / AHEAD)
+        if scored is not None:
+            torch.save({"teacher_logprobs": scored.teacher_logprobs, "labels": scored.labels}, tmp / SCORED)
         learner = self.learner.save(tmp / "learner.pt")  # beside the rollout actors' saves
         self.rollouts.save(tmp)
         learner.result()
@@ -270,6 +294,10 @@ class Trainer:
             for batches in read_state(str(path / AHEAD)):
                 self.ahead.append(SampleCall(done=Sampled(batches, batches)))
         self.sampled_up_to = state["iteration"] + len(self.ahead)
+        self.scoring = None
+        if (path / SCORED).is_file() and self.teacher is not None and self.ahead:
+            batches = self.ahead[0].result().refs
+            self.scoring = Scoring.done(self.teacher, Guidance(**read_state(str(path / SCORED))), batches)
         self.window.load(state.get("episode_window", []))  # absent in checkpoints before issue 18
         self.supervisor.last_checkpoint = path
         return state["iteration"]

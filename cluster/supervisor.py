@@ -281,6 +281,16 @@ class SampleCall:
             self._done = Sampled([batch for batch, _ in done], [ref for _, ref in done])
         return self._done
 
+    def refs(self) -> list[Any] | None:
+        """The batches' refs before they are all sampled (Ray: another role's call on them waits for them);
+        None where they cannot be had yet (a local call that failed: it is redone at ``result``)."""
+        if self._done is not None:
+            return self._done.refs
+        try:
+            return [part.pending.ref for part in self.each.parts]
+        except RoleError:
+            return None
+
 
 class LearnerProxy:
     """The learner. Any failure of it stops the run, naming the last good checkpoint."""
@@ -294,10 +304,13 @@ class LearnerProxy:
 
     def update(self, sampled: Sampled, guidance: Guidance | None) -> dict[str, float]:
         """One PPO update over the sampled batches, shaped by the guidance (None: plain PPO)."""
+        return self.start_update(sampled, guidance).result()
+
+    def start_update(self, sampled: Sampled, guidance: Guidance | None) -> Later[dict[str, float]]:
+        """``update``, started: the driver starts the teacher's scoring of the next batch meanwhile."""
         guidance = guidance or Guidance()
-        return self._result(
-            "update", self.handle.call("update", guidance.teacher_logprobs, guidance.labels, *sampled.refs)
-        )
+        pending = self.handle.call("update", guidance.teacher_logprobs, guidance.labels, *sampled.refs)
+        return Later(pending, lambda error: self._stop("update", error))
 
     def publish(self) -> Published:
         """A new policy version; its adapter stays a ref (Ray: stored once, loaded by reference)."""
@@ -365,17 +378,14 @@ class TeacherProxy:
 
     def guide(self, sampled: Sampled) -> Guidance | None:
         """The guidance ``teacher.guidance`` names; None when the teacher failed (it is rebuilt)."""
-        return {"kl": self.kl, "sft": self.labels}[self.supervisor.cfg.teacher.guidance](sampled)
+        return self.start_guide(sampled.refs).result()
 
-    def kl(self, sampled: Sampled) -> Guidance | None:
-        """The teacher's log-probs of every sampled token, for the thought-token KL (GTR-Turbo-KL)."""
-        pending = self.handle.call("logprobs", *sampled.refs)
-        return Guidance(teacher_logprobs=pending.ref) if self._answered(pending) else None
-
-    def labels(self, sampled: Sampled) -> Guidance | None:
-        """The teacher's answers for the sampled prompts (GTR-Turbo-SFT)."""
-        pending = self.handle.call("labels", *sampled.refs)
-        return Guidance(labels=pending.ref) if self._answered(pending) else None
+    def start_guide(self, refs: list[Any]) -> Scoring:
+        """The guidance for the batches ``refs`` stand for, started: for GTR-Turbo-KL the teacher's log-probs
+        of every sampled token, for GTR-Turbo-SFT its answers for the sampled prompts (labels). In Ray mode
+        the batches may still be being sampled: the teacher takes them when they are."""
+        method = {"kl": "logprobs", "sft": "labels"}[self.supervisor.cfg.teacher.guidance]
+        return Scoring(self, self.handle, self.handle.call(method, *refs), refs)
 
     def add_checkpoint(self, published: Published) -> None:
         """Hand the new version over; the re-merge is confirmed when the teacher is next needed."""
@@ -415,3 +425,54 @@ class TeacherProxy:
         handle = self.supervisor.rebuild_teacher(error)
         self.starting = handle.call("ready")
         self.unmerged = [(p, handle.call("add_checkpoint", p.adapter, p.version)) for p, _ in self.unmerged]
+
+
+class Scoring:
+    """The teacher's guidance for some batches, under way. ``result()`` is the ``Guidance`` (its value stays a
+    ref for the learner), or None when the teacher failed (it is rebuilt; the iteration trains without)."""
+
+    def __init__(self, teacher: TeacherProxy, handle: Handle, pending: Pending | None, refs: list[Any]):
+        self.teacher, self.handle, self.pending, self.refs = teacher, handle, pending, refs
+        self.kind = teacher.supervisor.cfg.teacher.guidance
+
+    @classmethod
+    def done(cls, teacher: TeacherProxy, guidance: Guidance, refs: list[Any]) -> Scoring:
+        """Guidance already there (restored from a checkpoint)."""
+        scoring = cls(teacher, teacher.handle, None, refs)
+        scoring._guidance = guidance
+        return scoring
+
+    def result(self) -> Guidance | None:
+        if self.pending is None:
+            return self._guidance
+        if not self.teacher._answered(self.pending):
+            return None
+        ref = self.pending.ref
+        return Guidance(teacher_logprobs=ref) if self.kind == "kl" else Guidance(labels=ref)
+
+    def value(self) -> Guidance | None:
+        """``result()`` with the values themselves, not refs (for a checkpoint)."""
+        guidance = self.result()
+        if guidance is None or self.pending is None:
+            return guidance
+        return (
+            Guidance(teacher_logprobs=self.pending.result())
+            if self.kind == "kl"
+            else Guidance(labels=self.pending.result())
+        )
+
+    def usable_for(self, refs: list[Any]) -> bool:
+        """Whether this scoring is of exactly these batches (not of a part redone since) by the live teacher
+        (not one replaced since). One that is not is dropped; its failure, if any, is not the teacher's."""
+        if (
+            self.handle is self.teacher.handle
+            and len(refs) == len(self.refs)
+            and all(a is b for a, b in zip(refs, self.refs, strict=True))
+        ):
+            return True
+        if self.pending is not None:
+            try:
+                self.pending.result()
+            except RoleError:
+                pass
+        return False

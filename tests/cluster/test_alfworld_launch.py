@@ -50,19 +50,27 @@ class Seen:
 
     def __init__(self, monkeypatch):
         self.train, self.student, self.teacher, self.transitions = [], [], [], []
-        sample, student = supervisor.Rollouts.sample, supervisor.Rollouts.evaluate
+        sample, student = supervisor.SampleCall.result, supervisor.Rollouts.start_evaluate
         teacher = supervisor.TeacherProxy.evaluate
 
-        def sampled(proxy, rounds):
-            out = sample(proxy, rounds)
-            self.train.append([e for b in out.batches for e in b.episodes])
-            self.transitions += [t for b in out.batches for t in b.transitions]
+        def sampled(call):
+            first = call._done is None  # a sample call's result is read more than once
+            out = sample(call)
+            if first:
+                self.train.append([e for b in out.batches for e in b.episodes])
+                self.transitions += [t for b in out.batches for t in b.transitions]
             return out
 
         def evaluated(proxy, episodes):
-            out = student(proxy, episodes)
-            self.student.append(out)
-            return out
+            each = student(proxy, episodes)
+            result = each.result
+
+            def kept():
+                self.student.append([e for part, _ in result() for e in part])
+                return result()
+
+            each.result = kept
+            return each
 
         def teacher_evaluated(proxy, episodes):
             later = teacher(proxy, episodes)
@@ -76,8 +84,8 @@ class Seen:
                 later.result = kept
             return later
 
-        monkeypatch.setattr(supervisor.Rollouts, "sample", sampled)
-        monkeypatch.setattr(supervisor.Rollouts, "evaluate", evaluated)
+        monkeypatch.setattr(supervisor.SampleCall, "result", sampled)
+        monkeypatch.setattr(supervisor.Rollouts, "start_evaluate", evaluated)
         monkeypatch.setattr(supervisor.TeacherProxy, "evaluate", teacher_evaluated)
 
 

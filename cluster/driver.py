@@ -162,7 +162,9 @@ class Trainer:
         window = self.window.add(sampled.batches)  # before the checkpoint, which saves it
         due_checkpoint = self._due(index, self.cfg.train.checkpoint_every)
         results = {}
-        if evaluation is not None and (evaluation.ready() or due_checkpoint or index == self.cfg.train.iterations):
+        synchronous = not self.cfg.train.max_staleness  # waits for its evaluation, as the loop always did
+        last = index == self.cfg.train.iterations
+        if evaluation is not None and (synchronous or evaluation.ready() or due_checkpoint or last):
             with phase("eval"):
                 results, evaluation = evaluation.result(), None
         if due_checkpoint:

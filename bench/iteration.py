@@ -112,7 +112,7 @@ def _trainer(overrides: list[str], mode: str, tmp: Path) -> Trainer:
             f"run_dir={folder}",
         ],
     )
-    system = System(cfg, LocalSpawner(), default_buffer_dir(cfg, folder))
+    system = System(cfg, LocalSpawner(), default_buffer_dir(folder))
     trainer = Trainer(cfg, folder, system, log=lambda *_: None)
     trainer.iteration(1)  # warm-up: first merge, caches
     return trainer

@@ -67,7 +67,7 @@ def config(args, mode: str, actors: int, run_dir: Path, staleness: int = 0):
 
 def measure(cfg, spawner, run_dir: Path, iterations: int, timeline: bool = False) -> dict:
     """Rates over the timed iterations; with ``timeline``, also the roles' calls in them (``spans``)."""
-    system = System(cfg, spawner, default_buffer_dir(cfg, run_dir))
+    system = System(cfg, spawner, default_buffer_dir(run_dir))
     spans = {}
     try:
         system.wait_ready()

@@ -250,9 +250,9 @@ class Trainer:
             torch.save([s.batches for s in ahead], tmp / AHEAD)
         if scored is not None:
             torch.save({"teacher_logprobs": scored.teacher_logprobs, "labels": scored.labels}, tmp / SCORED)
-        learner = self.learner.save(tmp / "learner.pt")  # beside the rollout actors' saves
+        learner = self.learner.save()  # beside the rollout actors' saves
         self.rollouts.save(tmp)
-        learner.result()
+        (tmp / "learner.pt").write_bytes(learner.result())
         if self.teacher is not None:
             self.teacher.save(tmp)
         state = {
@@ -334,7 +334,8 @@ def _other_checkpoints(path: Path) -> str:
 
 
 def restore_teacher_buffer(checkpoint_path: Path, buffer_dir: Path) -> None:
-    """Put the teacher's buffer back as it was at the checkpoint (later versions are from the lost run)."""
+    """Put the driver's copy of the teacher's buffer back as it was at the checkpoint (later versions are
+    from the lost run); the teacher is started from it."""
     saved = checkpoint_path / "teacher"
     if saved.is_dir():
         CheckpointBuffer(buffer_dir).replace_from(saved)
@@ -342,5 +343,6 @@ def restore_teacher_buffer(checkpoint_path: Path, buffer_dir: Path) -> None:
         CheckpointBuffer(buffer_dir).clear()
 
 
-def default_buffer_dir(cfg: Config, run_dir: Path) -> Path:
-    return Path(cfg.train.buffer_dir) if cfg.train.buffer_dir else run_dir / "teacher"
+def default_buffer_dir(run_dir: Path) -> Path:
+    """The driver's durable copy of the teacher's checkpoints (the teacher's own is on its node)."""
+    return run_dir / "teacher"

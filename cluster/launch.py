@@ -24,19 +24,23 @@ import dataclasses
 import fcntl
 import json
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 import traceback
+import uuid
 from pathlib import Path
 
 import torch
 
-from cluster import checkpoint
+from cluster import checkpoint, raymetrics
 from cluster.driver import Hook, Trainer, default_buffer_dir, restore_teacher_buffer
 from cluster.runlog import RunLog
 from cluster.settings import eval_env_config
+from cluster.storage import Pushing, Storage, StorageError
 from cluster.supervisor import stop_message
 from cluster.system import LocalSpawner, RunStopped, Spawner, System, local_device
 from configs import Config, ConfigError, load_config
@@ -54,38 +58,73 @@ def run(
 ) -> dict:
     """Train, or continue the run in ``cfg.run_dir`` from its newest intact checkpoint (or
     ``checkpoint_name``); returns the last record. The run folder is this run's alone while it runs."""
-    run_dir = Path(cfg.run_dir or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    storage = open_storage(cfg.run_dir or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}", cfg.storage_staging)
+    run_dir = storage.local
     preflight(cfg)
-    cfg = dataclasses.replace(cfg, run_dir=str(run_dir))
+    cfg = dataclasses.replace(cfg, run_dir=storage.location)
     with RunFolder(run_dir, log) as owned:
-        latest = _resume_point(run_dir, checkpoint_name, log) if resume else None
-        if not resume and ((run_dir / "metrics.jsonl").exists() or checkpoint.folder(run_dir).exists()):
-            raise SetupError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or set another one")
+        if storage.remote:
+            _stage(storage, resume)
+        latest = _resume_point(storage, checkpoint_name, log) if resume else None
+        if not resume and storage.holds_run():
+            raise SetupError(
+                f"{storage.location} already holds a run: continue it with --resume {storage.location}, or set "
+                "another one"
+            )
         if not resume:
             owned.write("config.yaml", to_yaml(cfg))
-        progress = Progress(run_dir, latest)
+            storage.push()
+        progress = Progress(storage, latest)
         try:
-            return _start(cfg, run_dir, latest, progress, log, hook)
+            return _start(cfg, storage, latest, progress, log, hook)
         except (KeyboardInterrupt, Interrupted, OSError) as error:
             raise RunStopped(*progress.stopped(error)) from error
 
 
-def _start(cfg: Config, run_dir: Path, latest: Path | None, progress: Progress, log, hook) -> dict:
+def open_storage(location: str, staging: str = "") -> Storage:
+    try:
+        return Storage(location, staging)
+    except StorageError as error:
+        raise SetupError(str(error)) from None
+
+
+def _stage(storage: Storage, resume: bool) -> None:
+    """A URI location: a resumed run's files fetched into the staging folder; a new run's location checked
+    and its staging folder emptied."""
+    try:
+        if resume:
+            storage.pull()
+        elif storage.holds_run():
+            raise SetupError(
+                f"{storage.location} already holds a run: continue it with --resume {storage.location}, or set "
+                "another one"
+            )
+        else:
+            storage.start_new()
+    except StorageError as error:
+        raise SetupError(str(error)) from None
+    except OSError as error:
+        raise SetupError(f"run_dir={storage.location} cannot be read: {error}") from None
+
+
+def _start(cfg: Config, storage: Storage, latest: Path | None, progress: Progress, log, hook) -> dict:
+    run_dir = storage.local
     spawner = start_spawner(cfg, run_dir, log)
     if _terminating_on_sigterm:  # ray.init put its own SIGTERM handler (an abort) in place of ours
         signal.signal(signal.SIGTERM, _terminate)
-    log(f"run directory: {run_dir}")
+    staged = f" (written through {run_dir})" if storage.remote else ""
+    log(f"run directory: {storage.location}{staged}")
     system = None
     try:
-        cfg = warm_start(cfg, run_dir, spawner, log)
-        buffer_dir = default_buffer_dir(cfg, run_dir)
+        cfg = warm_start(cfg, storage, spawner, log)
+        buffer_dir = default_buffer_dir(run_dir)
         if latest is not None:
             restore_teacher_buffer(latest, buffer_dir)
         system = System(cfg, spawner, buffer_dir)
         for actor in system.wait_ready():
             log(f"  {actor['name']}: pid {actor['pid']}, {actor['device']}, {actor['threads']} threads")
         trainer = progress.trainer = Trainer(cfg, run_dir, system, log, hook)
-        return _train(cfg, run_dir, trainer, latest, log)
+        return _train(cfg, storage, trainer, latest, log)
     finally:
         if system is not None:
             system.shutdown()
@@ -93,9 +132,9 @@ def _start(cfg: Config, run_dir: Path, latest: Path | None, progress: Progress, 
             spawner.shutdown()
 
 
-def _resume_point(run_dir: Path, wanted: str | None, log) -> Path:
+def _resume_point(storage: Storage, wanted: str | None, log) -> Path:
     try:
-        choice = checkpoint.choose(run_dir, wanted)
+        choice = checkpoint.choose(storage.local, wanted)
     except checkpoint.CheckpointError as error:
         raise SetupError(str(error)) from None
     for line in choice.passed_over:
@@ -105,14 +144,17 @@ def _resume_point(run_dir: Path, wanted: str | None, log) -> Path:
     return choice.path
 
 
-def _train(cfg: Config, run_dir: Path, trainer: Trainer, latest: Path | None, log) -> dict:
+def _train(cfg: Config, storage: Storage, trainer: Trainer, latest: Path | None, log) -> dict:
+    run_dir = storage.local
     start = trainer.restore(latest) if latest is not None else 0
     if latest is not None:
         aside = checkpoint.set_aside_after(run_dir, start)
         if aside is not None:
             log(f"checkpoints newer than {latest.name} moved to {aside} (this run supersedes them)")
         log(f"resumed from {latest} (iteration {start}, policy version {trainer.published.version})")
-    runlog = RunLog(run_dir, log, resume_iteration=start if latest is not None else None)
+    sinks = raymetrics.sinks(cfg, storage.name, log)  # Ray's metrics endpoint, for Prometheus (Ray mode)
+    sinks = [*sinks, Pushing(storage)]  # a URI location gets every record as it is written, checkpoints too
+    runlog = RunLog(run_dir, log, resume_iteration=start if latest is not None else None, sinks=sinks)
     record: dict = {}
     try:
         if start == 0 and cfg.train.eval_before:
@@ -126,11 +168,22 @@ def _train(cfg: Config, run_dir: Path, trainer: Trainer, latest: Path | None, lo
             runlog.write(record)
     except BaseException:
         runlog.close_after_failure()
+        _push_after_failure(storage, log)
         raise
     table = runlog.close()
+    storage.push()
     log(f"\nheld-out evaluation ({cfg.eval.episodes} episodes, {cfg.env.id}):\n{table}")
-    log(f"summary: {run_dir / 'summary.md'}  curves: {run_dir / 'curves.png'}  tensorboard --logdir {run_dir / 'tb'}")
+    summary, curves, tb = (storage.show(run_dir / name) for name in ("summary.md", "curves.png", "tb"))
+    log(f"summary: {summary}  curves: {curves}  tensorboard --logdir {tb}")
     return record
+
+
+def _push_after_failure(storage: Storage, log) -> None:
+    """What a stopping run wrote, copied to its location; an error doing it is a line in the log."""
+    try:
+        storage.push()
+    except OSError as error:
+        log(f"could not copy the run's files to {storage.location}: {error}")
 
 
 class Interrupted(BaseException):
@@ -141,8 +194,8 @@ class Interrupted(BaseException):
 class Progress:
     """The last good checkpoint while a run goes on, and the one line that ends a stopped run."""
 
-    def __init__(self, run_dir: Path, resumed_from: Path | None):
-        self.run_dir, self.resumed_from = run_dir, resumed_from
+    def __init__(self, storage: Storage, resumed_from: Path | None):
+        self.storage, self.resumed_from = storage, resumed_from
         self.trainer: Trainer | None = None
 
     def stopped(self, error: BaseException) -> tuple[str, str, int]:
@@ -156,7 +209,7 @@ class Progress:
         else:
             what, code = f"{type(error).__name__}: {error}", 1
         last = self.trainer.last_checkpoint if self.trainer is not None else None
-        return stop_message(what, last or self.resumed_from, self.run_dir), what, code
+        return stop_message(what, last or self.resumed_from, self.storage.local, self.storage.location), what, code
 
 
 class RunFolder:
@@ -282,28 +335,53 @@ def start_spawner(cfg: Config, run_dir: Path, log) -> Spawner:
     return spawner
 
 
-def _sft_warm_start(cfg: Config) -> str:
+def _sft_warm_start(cfg: Config, folder: str, token: str) -> dict[str, bytes] | None:
+    """The SFT warm start, in a scratch folder on whichever node runs it. Where that node sees the run's folder
+    (the same machine, or a shared disk: ``token`` is there) its files are moved into ``folder`` and None is
+    returned; elsewhere every file it wrote (the checkpoint, its summary) is returned for the driver to write."""
     from cluster.warm_start import run
 
-    run(cfg, evaluate_at_end=False)
-    return cfg.sft.output
+    target = Path(folder)
+    shared = (target / token).is_file()
+    scratch = Path(tempfile.mkdtemp(prefix=".warm-start-", dir=target if shared else None))
+    try:
+        output = scratch / "checkpoint"
+        sft = dataclasses.replace(cfg.sft, output=str(output))
+        run(dataclasses.replace(cfg, run_dir=str(scratch), sft=sft), evaluate_at_end=False)
+        if shared:
+            for path in scratch.iterdir():
+                path.rename(target / path.name)
+            return None
+        return {p.relative_to(scratch).as_posix(): p.read_bytes() for p in sorted(scratch.rglob("*")) if p.is_file()}
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
-def warm_start(cfg: Config, run_dir: Path, spawner: Spawner, log) -> Config:
-    """With ``train.warm_start=sft``: SFT from ``policy.path`` (once per run dir), then train from it."""
+def warm_start(cfg: Config, storage: Storage, spawner: Spawner, log) -> Config:
+    """With ``train.warm_start=sft``: SFT from ``policy.path`` (once per run), then train from it. The
+    checkpoint is written into the run (``warm_start/checkpoint``); with a URI location the roles fetch it
+    from there into their node's cache (models/loading.py)."""
     if cfg.train.warm_start != "sft":
         return cfg
-    folder = run_dir / "warm_start"
+    folder = storage.local / "warm_start"
     output = folder / "checkpoint"
     if (output / "config.json").is_file():
-        log(f"warm start: reusing {output}")
+        log(f"warm start: reusing {storage.show(output)}")
     else:
         log(f"warm start: SFT on {cfg.env.id} from {cfg.policy.path} ({cfg.sft.steps} steps)")
-        sft_cfg = dataclasses.replace(cfg, run_dir=str(folder), sft=dataclasses.replace(cfg.sft, output=str(output)))
         began = time.perf_counter()
-        spawner.run("learner", _sft_warm_start, sft_cfg)
-        log(f"warm start: done in {(time.perf_counter() - began) / 60:.1f} min -> {output}")
-    return dataclasses.replace(cfg, policy=dataclasses.replace(cfg.policy, path=str(output)))
+        shutil.rmtree(folder, ignore_errors=True)  # a warm start cut off before its checkpoint
+        folder.mkdir(parents=True)
+        token = f".driver-{uuid.uuid4().hex}"  # the task finds it where it shares this disk
+        (folder / token).touch()
+        files = spawner.run("learner", _sft_warm_start, cfg, str(folder), token)
+        (folder / token).unlink()
+        for relative, data in (files or {}).items():
+            (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+            (folder / relative).write_bytes(data)
+        storage.push()
+        log(f"warm start: done in {(time.perf_counter() - began) / 60:.1f} min -> {storage.show(output)}")
+    return dataclasses.replace(cfg, policy=dataclasses.replace(cfg.policy, path=storage.show(output)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -355,15 +433,21 @@ def _config(parser: argparse.ArgumentParser, argv) -> tuple[argparse.Namespace, 
     args, cfg = parse_cli(parser, argv)
     if args.resume is None:
         return args, cfg
-    saved = Path(args.resume) / "config.yaml"
     if args.config is not None:
         parser.error("--resume uses the run's own config.yaml; pass changes as key=value overrides")
     try:
-        cfg = load_config(saved, [*args.overrides, f"run_dir={Path(args.resume).resolve()}"])
-    except ConfigError as error:
+        storage = Storage(args.resume, _staging_override(args.overrides))
+        storage.pull(only="config.yaml")  # a URI location: its config first (run pulls the rest)
+        cfg = load_config(storage.local / "config.yaml", [*args.overrides, f"run_dir={storage.location}"])
+    except (ConfigError, StorageError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     return args, cfg
+
+
+def _staging_override(overrides: list[str]) -> str:
+    found = [o.split("=", 1)[1] for o in overrides if o.startswith("storage_staging=")]
+    return found[-1] if found else ""
 
 
 if __name__ == "__main__":

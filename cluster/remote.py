@@ -26,12 +26,14 @@ for _key, _value in RAY_ENV.items():
     os.environ.setdefault(_key, _value)
 
 import ray  # noqa: E402  (the environment above must be set first)
+import ray.util.metrics  # noqa: E402
 
 from cluster.reaper import Reaper  # noqa: E402
 from cluster.system import ActorDied, RoleFailed, infrastructure  # noqa: E402
 from configs import Config  # noqa: E402
 
 ROLES = ("rollout", "learner", "teacher")
+CLOSE_SECONDS = 10  # how long stopping an actor waits for its close()
 
 
 class ResourceError(ValueError):
@@ -46,6 +48,10 @@ def demands(cfg: Config) -> list[tuple[str, float, float]]:
     if cfg.teacher.guidance != "none":
         out.append(("teacher", c.teacher.num_cpus, c.teacher.num_gpus))
     return out
+
+
+def _custom(cfg: Config, actor: str) -> dict[str, float]:
+    return dict(getattr(cfg.cluster, actor.split("-")[0]).resources)
 
 
 def check_resources(cfg: Config, total: dict[str, float], nodes: list[dict[str, float]]) -> None:
@@ -66,8 +72,14 @@ def check_resources(cfg: Config, total: dict[str, float], nodes: list[dict[str, 
                 f"{have:g}. Lower these ({fix}), or join a cluster with more."
             )
     for name, cpus, gpus in wanted:
+        custom = _custom(cfg, name)
+        role = name.split("-")[0]
+        if custom and not any(all(node.get(k, 0) >= v - 1e-9 for k, v in custom.items()) for node in nodes):
+            raise ResourceError(
+                f"{name} asks for {custom} (cluster.{role}.resources) but no node of the Ray cluster offers that; "
+                "start nodes with ray start --resources='{...}', or drop the key"
+            )
         if not any(node.get("CPU", 0) >= cpus - 1e-9 and node.get("GPU", 0) >= gpus - 1e-9 for node in nodes):
-            role = name.split("-")[0]
             biggest = max(nodes, key=lambda node: (node.get("GPU", 0), node.get("CPU", 0)), default={})
             raise ResourceError(
                 f"{name} asks for {cpus:g} CPUs and {gpus:g} GPUs (cluster.{role}.num_cpus / num_gpus) but no node "
@@ -81,6 +93,7 @@ class ClusterInfo:
     dashboard_url: str
     started_here: bool  # a cluster this process started, and so stops
     reaper: Reaper | None = None  # ends what Ray leaves of a cluster started here (cluster/reaper.py)
+    metrics_url: str = ""  # Ray's Prometheus endpoint on this node, for a cluster started here
 
 
 def connect(cfg: Config, namespace: str, log: Callable[[str], None] = print) -> ClusterInfo:
@@ -104,7 +117,13 @@ def connect(cfg: Config, namespace: str, log: Callable[[str], None] = print) -> 
             f"the dashboard port 127.0.0.1:{cfg.cluster.dashboard_port} is taken (another run's dashboard?): "
             "set cluster.dashboard_port to a free port, or cluster.dashboard=false"
         )
-    kwargs: dict[str, Any] = {}
+    metrics_port = cfg.cluster.metrics_export_port
+    if metrics_port and not _port_free(metrics_port):
+        raise ResourceError(
+            f"the metrics port 127.0.0.1:{metrics_port} is taken (another run's?): set cluster.metrics_export_port "
+            "to a free port, or 0 (Ray picks one)"
+        )
+    kwargs: dict[str, Any] = {"_metrics_export_port": metrics_port} if metrics_port else {}
     if cfg.cluster.num_gpus >= 0:
         kwargs["num_gpus"] = gpus
     reaper = Reaper()  # however this process ends, its cluster is gone seconds later (cluster/reaper.py)
@@ -124,7 +143,10 @@ def connect(cfg: Config, namespace: str, log: Callable[[str], None] = print) -> 
     reaper.started()
     url = ctx.dashboard_url or ""
     gcs = ctx.address_info.get("gcs_address", "")
-    return ClusterInfo(gcs, f"http://{url}" if url else "", started_here=True, reaper=reaper)
+    # The node's metrics agent serves Prometheus on the node's address (127.0.0.1 here), Ray's port or ours.
+    metrics = f"http://{ctx.address_info['node_ip_address']}:{ctx.address_info['metrics_export_port']}/metrics"
+    log(f"ray metrics (Prometheus; the run's are gtr_*): {metrics}")
+    return ClusterInfo(gcs, f"http://{url}" if url else "", started_here=True, reaper=reaper, metrics_url=metrics)
 
 
 def _port_free(port: int) -> bool:
@@ -201,8 +223,8 @@ class RayPending:
 
 
 class RayHandle:
-    def __init__(self, name: str, actor: ray.actor.ActorHandle):
-        self.name, self.actor = name, actor
+    def __init__(self, name: str, actor: ray.actor.ActorHandle, closes: bool = False):
+        self.name, self.actor, self.closes = name, actor, closes
 
     def call(self, method: str, *args: Any) -> RayPending:
         return RayPending(self.name, method, getattr(self.actor, method).remote(*args))
@@ -212,6 +234,14 @@ class RayHandle:
         return RayPending(self.name, method, first), RayPending(self.name, method, second)
 
     def stop(self) -> None:
+        """``close`` first where the role asks for it (``close_on_stop``: the teacher's scratch buffer, which
+        nothing else removes; a dead or stuck actor is not waited for beyond CLOSE_SECONDS), then the actor is
+        killed (its vLLM processes end with it)."""
+        if self.closes:
+            try:
+                ray.get(self.actor.close.remote(), timeout=CLOSE_SECONDS)
+            except Exception:  # noqa: BLE001 - gone or stuck: the kill below ends it either way
+                pass
         try:
             ray.kill(self.actor, no_restart=True)
         except Exception:  # noqa: BLE001 - already gone
@@ -234,14 +264,17 @@ class RaySpawner:
             namespace=self.namespace,
             num_cpus=res.num_cpus,
             num_gpus=res.num_gpus,
+            resources=dict(res.resources) or None,
             max_restarts=0,
             max_concurrency=1,
         ).remote(cfg, "cuda" if res.num_gpus > 0 else "cpu", *args)
-        return RayHandle(name, actor)
+        return RayHandle(name, actor, closes=getattr(cls, "close_on_stop", False))
 
     def run(self, kind: str, fn: Callable, *args: Any) -> Any:
         res = getattr(self.cfg.cluster, kind)
-        task = ray.remote(fn).options(num_cpus=res.num_cpus, num_gpus=res.num_gpus, max_retries=0)
+        task = ray.remote(fn).options(
+            num_cpus=res.num_cpus, num_gpus=res.num_gpus, resources=dict(res.resources) or None, max_retries=0
+        )
         return ray.get(task.remote(*args))
 
     def shutdown(self) -> None:
@@ -257,3 +290,21 @@ def start(cfg: Config, namespace: str, log: Callable[[str], None] = print) -> Ra
         stop(cluster)
         raise
     return RaySpawner(cfg, namespace, cluster)
+
+
+def connected() -> bool:
+    """This process is connected to a Ray cluster (as the driver, or inside an actor)."""
+    return ray.is_initialized()
+
+
+def gauge(name: str, description: str, tag_keys: tuple[str, ...]) -> ray.util.metrics.Gauge:
+    """A gauge of Ray's metrics API: what this process sets goes to its node's metrics agent, whose Prometheus
+    endpoint exports it as ``ray_<name>`` (cluster/raymetrics.py)."""
+    return ray.util.metrics.Gauge(name, description, tag_keys)
+
+
+def metrics_report_seconds() -> float:
+    """How often this process reports what its gauges were set to: Ray's ``metrics_report_interval_ms`` (10 s;
+    ``RAY_metrics_report_interval_ms`` changes it), never under 1 s. The agent forgets a value that is not
+    reported again within two of these, so a gauge must be set again at least this often to stay visible."""
+    return max(ray._config.metrics_report_interval_ms(), 1000) / 1000  # no public accessor in Ray 2.60

@@ -8,14 +8,22 @@ arguments and results are plain picklable values, so the same call works in both
 - ``LearnerRole``: the ``Learner`` and the SFT-guidance replay of teacher labels.
 - ``TeacherRole``: the merged ``Teacher`` and the guidance it gives (KL penalties or SFT labels).
 
-Roles save and load their own state into a checkpoint folder (cluster/checkpoint.py): a large
-learner's optimizer never travels through the driver.
+No role reads or writes the run's folder: a role's node need not see the driver's disk (issue 20). A role's
+state for a checkpoint is bytes that it returns (``save``) and is handed back (``load``): the driver writes
+them (cluster/checkpoint.py). The teacher keeps its checkpoints in a scratch folder on its own node and is
+built from the versions the driver hands it (the driver keeps the durable copy).
 """
 
 from __future__ import annotations
 
+import io
 import os
+import shutil
+import sys
+import tempfile
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -84,13 +92,40 @@ def _info(device: str) -> dict[str, Any]:
     return {"pid": os.getpid(), "device": device, "threads": torch.get_num_threads()}
 
 
+# Ray takes a log line that starts with this as the actor's new name in the prefix of its log lines (Ray's
+# ray_constants.LOG_PREFIX_ACTOR_NAME). Ray writes one with the actor's repr once, after __init__, and shows that
+# first repr on the dashboard's Actors page for the actor's life; writing it again keeps the log prefix current.
+RAY_LOG_NAME = ":actor_name:"
+
+
+@contextmanager
+def _doing(role: Any, state: str) -> Iterator[None]:
+    """The role's ``state`` (in its repr) while the block runs, "idle" after; a block that raises leaves it, so
+    the error Ray reports (its repr at that moment) says what the role was doing. With ``role.announce`` (a Ray
+    actor) the prefix of its log lines follows."""
+    role.state = state
+    _announce(role)
+    yield
+    role.state = "idle"
+    _announce(role)
+
+
+def _announce(role: Any) -> None:
+    if role.announce:
+        for stream in (sys.stdout, sys.stderr):  # Ray names the lines of each of the two separately
+            print(f"{RAY_LOG_NAME}{role!r}", file=stream, flush=True)
+
+
 class RolloutRole:
     """Rollout worker ``index``. Incarnation ``j`` (a restart after a crash) plays as worker
     ``index + j * num_workers``: fresh episodes from seeds no other worker uses."""
 
+    state, env_steps, announce = "new", 0, False  # what its repr says: its state, env steps it sampled
+
     def __init__(self, cfg: Config, device: str, index: int, incarnation: int = 0):
         _threads(cfg, "rollout")
         self.cfg, self.device = cfg, device
+        self.index, self.incarnation, self.announce = index, incarnation, cfg.cluster.mode == "ray"
         slot = index + incarnation * cfg.train.num_workers
         self.engine = make_engine(cfg, device, derived_seed(cfg.seed, "rollout", slot), index)
         self.worker = RolloutWorker(cfg.env, self.engine, rollout_settings(cfg), cfg.seed, worker_index=slot)
@@ -102,19 +137,31 @@ class RolloutRole:
         return _info(self.device)
 
     def sample(self, rounds: int) -> Batch:
-        return self.worker.sample(rounds)
+        with _doing(self, "sampling"):
+            batch = self.worker.sample(rounds)
+            self.env_steps += len(batch.transitions)
+        return batch
 
     def load_adapter(self, adapter: dict[str, torch.Tensor], version: int) -> None:
         self.worker.load_adapter(adapter, version)
 
     def evaluate(self, first: int, episodes: int) -> list[EpisodeStats]:
-        return self.evaluator.evaluate(episodes, eval_sampling(self.cfg), eval_seed_base(self.cfg), first=first)
+        with _doing(self, "evaluating"):
+            return self.evaluator.evaluate(episodes, eval_sampling(self.cfg), eval_seed_base(self.cfg), first=first)
 
-    def save(self, path: str) -> None:
-        torch.save(self.worker.state_dict(), path)
+    def __repr__(self) -> str:
+        """E.g. ``RolloutRole(worker 1, restart 1, v3, 480 env steps, sampling)``; never raises."""
+        restart = f"restart {self.incarnation}, " if getattr(self, "incarnation", 0) else ""
+        version = getattr(getattr(self, "engine", None), "adapter_version", "?")
+        index = getattr(self, "index", "?")
+        return f"RolloutRole(worker {index}, {restart}v{version}, {self.env_steps} env steps, {self.state})"
 
-    def load(self, path: str) -> None:
-        self.worker.load_state_dict(read_state(path))
+    def save(self) -> bytes:
+        return to_bytes(self.worker.state_dict())
+
+    def load(self, data: bytes, source: str) -> None:
+        """The state ``save`` gave, read by the driver from ``source`` (named in an error)."""
+        self.worker.load_state_dict(from_bytes(data, source))
 
     def close(self) -> None:
         """Stop the engine's own processes (vLLM's), if it has any."""
@@ -125,9 +172,11 @@ class RolloutRole:
 class LearnerRole:
     """The learner and the replay of SFT-guidance labels it trains on (GTR-Turbo-SFT)."""
 
+    state, updates, announce = "new", 0, False  # what its repr says: its state, updates done by this actor
+
     def __init__(self, cfg: Config, device: str):
         _threads(cfg, "learner")
-        self.device = device
+        self.device, self.announce = device, cfg.cluster.mode == "ray"
         p = cfg.policy
         self.learner = Learner(
             cfg.learner,
@@ -154,7 +203,9 @@ class LearnerRole:
     ) -> dict[str, float]:
         """One PPO update over the workers' batches (in worker order); new labels join the replay first."""
         self.replay.extend(labels or ())
-        stats = self.learner.update(list(batches), teacher_logprobs, list(self.replay))
+        with _doing(self, "updating"):
+            stats = self.learner.update(list(batches), teacher_logprobs, list(self.replay))
+            self.updates += 1
         if labels is not None:
             stats[names.SFT_LABELS] = float(len(self.replay))
         return stats
@@ -167,11 +218,16 @@ class LearnerRole:
         """The version last published and its adapter (a resumed run hands it to fresh workers)."""
         return self.learner.version, self.learner.policy.adapter()
 
-    def save(self, path: str) -> None:
-        torch.save(self.learner.state_dict() | {"replay": list(self.replay)}, path)
+    def __repr__(self) -> str:
+        """E.g. ``LearnerRole(v3, 3 updates, updating)``; never raises."""
+        version = getattr(getattr(self, "learner", None), "version", "?")
+        return f"LearnerRole(v{version}, {self.updates} updates, {self.state})"
 
-    def load(self, path: str) -> None:
-        state = read_state(path)
+    def save(self) -> bytes:
+        return to_bytes(self.learner.state_dict() | {"replay": list(self.replay)})
+
+    def load(self, data: bytes, source: str) -> None:
+        state = from_bytes(data, source)
         self.replay.clear()
         self.replay.extend(state.pop("replay"))
         self.learner.load_state_dict(state)
@@ -180,21 +236,30 @@ class LearnerRole:
 class TeacherRole:
     """The merged teacher: takes checkpoints, gives guidance, and plays as a policy for evaluation.
 
-    A new TeacherRole over an existing buffer folder rebuilds the merge from the checkpoints there
-    (a restarted teacher actor, or a resumed run)."""
+    Its buffer is a scratch folder on its own node (``train.buffer_dir``, else the temporary folder there),
+    removed by ``close``. ``checkpoints`` ([(version, adapter)], from the driver's copy) are buffered and
+    merged before it answers: a restarted teacher actor, or a resumed run, picks up where the run is."""
 
-    def __init__(self, cfg: Config, device: str, buffer_dir: str):
+    state, announce = "new", False  # what its repr says, with its merged version
+    close_on_stop = True  # a Ray actor is closed before it is killed: its scratch buffer goes (cluster/remote.py)
+
+    def __init__(self, cfg: Config, device: str, checkpoints: list[tuple[int, dict[str, torch.Tensor]]] = ()):
         _threads(cfg, "teacher")
-        self.cfg, self.device = cfg, device
+        self.cfg, self.device, self.announce = cfg, device, cfg.cluster.mode == "ray"
         p = cfg.policy
+        root = cfg.train.buffer_dir or None
+        if root:
+            Path(root).mkdir(parents=True, exist_ok=True)
+        self.scratch = Path(tempfile.mkdtemp(prefix="gtr-teacher-buffer-", dir=root))
         self.teacher = Teacher(
             cfg.teacher,
             p.path,
             lora_settings(cfg),
-            Path(buffer_dir),
+            self.scratch,
             dtype=p.dtype,
             device=device,
             seed=derived_seed(cfg.seed, "teacher"),
+            checkpoints=checkpoints,
         )
         self.evaluator = RolloutWorker(
             cfg.env,
@@ -210,29 +275,58 @@ class TeacherRole:
     def add_checkpoint(self, adapter: dict[str, torch.Tensor], version: int) -> dict[str, float]:
         """Buffer and (every merge_interval) re-merge; a version already merged (a re-sent checkpoint
         after a restart) is not merged again."""
-        if version > self.teacher.merged_version or version not in self.teacher.buffer.versions():
-            self.teacher.add_checkpoint(adapter, version)
+        with _doing(self, "merging"):
+            if version > self.teacher.merged_version or version not in self.teacher.buffer.versions():
+                self.teacher.add_checkpoint(adapter, version)
         return dict(self.teacher.stats)
 
     def logprobs(self, *batches: Batch) -> list[list[float]]:
         """The teacher's log-prob of every sampled token, per transition in batch order (for the KL)."""
         transitions = [t for b in batches for t in b.transitions]
         c = self.cfg
-        return teacher_logprobs(self.teacher, transitions, c.policy.temperature, c.learner.micro_batch_size)
+        with _doing(self, "scoring"):
+            return teacher_logprobs(self.teacher, transitions, c.policy.temperature, c.learner.micro_batch_size)
 
     def labels(self, *batches: Batch) -> list[SFTLabel]:
         transitions = [t for b in batches for t in b.transitions]
-        return sft_labels(self.teacher, transitions, spec_for(self.cfg.env.id), sampling(self.cfg))
+        with _doing(self, "labelling"):
+            return sft_labels(self.teacher, transitions, spec_for(self.cfg.env.id), sampling(self.cfg))
 
     def evaluate(self, first: int, episodes: int) -> list[EpisodeStats]:
-        return self.evaluator.evaluate(episodes, eval_sampling(self.cfg), eval_seed_base(self.cfg), first=first)
+        with _doing(self, "evaluating"):
+            return self.evaluator.evaluate(episodes, eval_sampling(self.cfg), eval_seed_base(self.cfg), first=first)
 
-    def save(self, path: str) -> None:
-        """The sampling RNG (SFT guidance samples the teacher's answers); its weights live in the buffer."""
-        torch.save({"engine_rng": self.teacher.engine.get_rng_state()}, path)
+    def __repr__(self) -> str:
+        """E.g. ``TeacherRole(merged v3, 3 checkpoints, scoring)``; never raises."""
+        teacher = getattr(self, "teacher", None)
+        held = int(getattr(teacher, "stats", {}).get(names.TEACHER_CHECKPOINTS, 0))
+        return f"TeacherRole(merged v{getattr(teacher, 'merged_version', '?')}, {held} checkpoints, {self.state})"
 
-    def load(self, path: str) -> None:
-        self.teacher.engine.set_rng_state(read_state(path)["engine_rng"])
+    def save(self) -> bytes:
+        """The sampling RNG (SFT guidance samples the teacher's answers); its checkpoints are the driver's copy."""
+        return to_bytes({"engine_rng": self.teacher.engine.get_rng_state()})
+
+    def load(self, data: bytes, source: str) -> None:
+        self.teacher.engine.set_rng_state(from_bytes(data, source)["engine_rng"])
+
+    def close(self) -> None:
+        """Remove its scratch buffer (the driver holds the durable copy)."""
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def to_bytes(state: dict) -> bytes:
+    """A role's state as bytes: it travels to the driver (Ray: through the object store), which writes it."""
+    out = io.BytesIO()
+    torch.save(state, out)
+    return out.getvalue()
+
+
+def from_bytes(data: bytes, source: str) -> dict:
+    """A state ``to_bytes`` made; data that cannot be loaded is an error naming where it came from."""
+    try:
+        return torch.load(io.BytesIO(data), weights_only=False)
+    except Exception as error:  # noqa: BLE001 - torch.load raises many kinds; all mean the same here
+        raise OSError(f"cannot load {source}: {type(error).__name__}: {error}") from error
 
 
 def read_state(path: str) -> dict:

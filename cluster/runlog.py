@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 from cluster import metrics
 from core import metric_names as names
@@ -29,9 +30,23 @@ EVAL_COLUMNS = (
 )
 
 
+class Sink(Protocol):
+    """Somewhere else each record goes (cluster/raymetrics.py: Ray's metrics, for Prometheus)."""
+
+    def write(self, record: dict) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class RunLog:
-    def __init__(self, run_dir: Path, log: Callable[[str], None] = print, resume_iteration: int | None = None):
-        self.run_dir, self.log = run_dir, log
+    def __init__(
+        self,
+        run_dir: Path,
+        log: Callable[[str], None] = print,
+        resume_iteration: int | None = None,
+        sinks: Sequence[Sink] = (),
+    ):
+        self.run_dir, self.log, self.sinks = run_dir, log, tuple(sinks)
         self.path = run_dir / "metrics.jsonl"
         if resume_iteration is not None and self.path.exists():
             kept = [r for r in read_records(self.path) if r.get(names.ITERATION, 0) <= resume_iteration]
@@ -47,10 +62,14 @@ class RunLog:
                 if key != names.ITERATION and isinstance(value, int | float) and math.isfinite(value):
                     self._tb.add_scalar(key, value, record[names.ITERATION])
             self._tb.flush()
+        for sink in self.sinks:
+            sink.write(record)
         self.log(metrics.progress_line(record))
 
     def close(self) -> str:
         """Write curves.png and summary.md; returns the start-vs-end table."""
+        for sink in self.sinks:
+            sink.close()
         self._sink.close()
         if self._tb is not None:
             self._tb.close()

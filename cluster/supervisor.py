@@ -11,8 +11,9 @@ What a failure does (STYLE.md 17; ``infrastructure`` in cluster/system.py says w
 
 - an infrastructure failure (the actor died, out of memory, an env crashed: ``EnvCrashed``, an I/O error):
   a rollout actor is replaced by a new incarnation (fresh episodes) that loads the current adapter and
-  redoes the call; the teacher is rebuilt from its on-disk buffer while training goes on without guidance,
-  those iterations counted (``teacher/unguided_iterations``), or with ``teacher.required`` the run stops;
+  redoes the call; the teacher is rebuilt from the driver's copy of its buffer while training goes on
+  without guidance, those iterations counted (``teacher/unguided_iterations``), or with ``teacher.required``
+  the run stops;
 - a programming error (TypeError, AttributeError, AssertionError, KeyError, ...) in any role: the run stops
   with its traceback, nothing is restarted (a new incarnation would fail the same way);
 - any failure of the learner stops the run (its state cannot be rebuilt between checkpoints).
@@ -29,11 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, NoReturn, TypeVar
 
+from cluster.storage import show
 from cluster.system import Handle, Pending, RoleError, RoleFailed, RunStopped, System
 from configs import Config
 from core import metric_names as names
 from core.batch import Batch, EpisodeStats
-from teacher.buffer import CheckpointBuffer
 
 T = TypeVar("T")
 
@@ -42,6 +43,11 @@ T = TypeVar("T")
 class Published:
     version: int
     adapter: Any  # an ObjectRef in Ray mode (stored once, loaded by reference), the state dict locally
+    pending: Pending | None = None  # the call that made it: ``value()`` fetches the adapter itself
+
+    def value(self) -> dict[str, Any]:
+        """The adapter itself (Ray: fetched from the object store), for the driver's copy of the buffer."""
+        return self.pending.result() if self.pending is not None else self.adapter
 
 
 @dataclass
@@ -75,10 +81,12 @@ class Later(Generic[T]):
             return self.on_failure(error)
 
 
-def stop_message(what: str, last_checkpoint: Path | None, run_dir: Path) -> str:
-    """What stopped a run, the last good checkpoint and the command that resumes from it."""
-    where = last_checkpoint or "none yet"
-    return f"{what}. Last good checkpoint: {where}. Resume with: python -m cluster.launch --resume {run_dir}"
+def stop_message(what: str, last_checkpoint: Path | None, run_dir: Path, location: str = "") -> str:
+    """What stopped a run, the last good checkpoint and the command that resumes from it, at the run's storage
+    ``location`` (its folder ``run_dir`` when that is local)."""
+    location = location or str(run_dir)
+    where = show(last_checkpoint, run_dir, location) if last_checkpoint is not None else "none yet"
+    return f"{what}. Last good checkpoint: {where}. Resume with: python -m cluster.launch --resume {location}"
 
 
 class Supervisor:
@@ -121,7 +129,7 @@ class Supervisor:
         return self.system.replace_rollout(index, self.incarnations[index])
 
     def rebuild_teacher(self, error: RoleError) -> Handle:
-        """A new teacher, rebuilding from its on-disk buffer, after ``error`` (not waited for)."""
+        """A new teacher, rebuilt from the driver's copy of its buffer, after ``error`` (not waited for)."""
         self.stop_unless_recoverable(error)
         if self.cfg.teacher.required:
             what = f"{error}; teacher.required is true, so the run stops rather than train without guidance"
@@ -148,7 +156,7 @@ class Supervisor:
 
     def stopped(self, what: str) -> RunStopped:
         """The ``RunStopped`` to raise ``from`` the role's error (whose traceback stays attached)."""
-        return RunStopped(stop_message(what, self.last_checkpoint, self.run_dir), what)
+        return RunStopped(stop_message(what, self.last_checkpoint, self.run_dir, self.cfg.run_dir), what)
 
     def _within_restarts(self, incarnation: int, who: str, error: RoleError) -> None:
         limit = self.cfg.cluster.max_restarts
@@ -197,10 +205,14 @@ class Rollouts:
             self._queue_load(i, handle)
 
     def save(self, folder: Path) -> None:
-        self._start("save", lambda i: (str(folder / f"rollout-{i}.pt"),)).result()
+        """Each actor's state, written by the driver as ``rollout-<i>.pt`` into ``folder``."""
+        for i, (data, _) in enumerate(self._start("save", lambda i: ()).result()):
+            (folder / f"rollout-{i}.pt").write_bytes(data)
 
     def load(self, folder: Path) -> None:
-        self._start("load", lambda i: (str(folder / f"rollout-{i}.pt"),)).result()
+        paths = [folder / f"rollout-{i}.pt" for i in range(len(self))]
+        states = [path.read_bytes() for path in paths]
+        self._start("load", lambda i: (states[i], str(paths[i]))).result()
 
     def _queue_load(self, index: int, handle: Handle) -> None:
         if self.published is not None:
@@ -320,16 +332,16 @@ class LearnerProxy:
         """The version last published (a resumed run hands it to every actor)."""
         return self._published("current")
 
-    def save(self, path: Path) -> Later[None]:
-        """Started, not waited for: the rollout actors save beside it."""
-        return Later(self.handle.call("save", str(path)), lambda error: self._stop("save", error))
+    def save(self) -> Later[bytes]:
+        """Its state, started, not waited for: the rollout actors save beside it."""
+        return Later(self.handle.call("save"), lambda error: self._stop("save", error))
 
     def load(self, path: Path) -> None:
-        self._result("load", self.handle.call("load", str(path)))
+        self._result("load", self.handle.call("load", path.read_bytes(), str(path)))
 
     def _published(self, method: str) -> Published:
         version, adapter = self.handle.call2(method)
-        return Published(self._result(method, version), adapter.ref)
+        return Published(self._result(method, version), adapter.ref, adapter)
 
     def _result(self, method: str, pending: Pending) -> Any:
         try:
@@ -388,7 +400,10 @@ class TeacherProxy:
         return Scoring(self, self.handle, self.handle.call(method, *refs), refs)
 
     def add_checkpoint(self, published: Published) -> None:
-        """Hand the new version over; the re-merge is confirmed when the teacher is next needed."""
+        """Hand the new version over, and write it into the driver's copy of the buffer (what a restarted
+        teacher is given, and checkpoints copy); the re-merge is confirmed when the teacher is next needed."""
+        if self.supervisor.cfg.teacher.reference == "merged":
+            self.supervisor.system.buffer.add(published.version, published.value())
         pending = self.handle.call("add_checkpoint", published.adapter, published.version)
         self.unmerged.append((published, pending))
         if self.starting is None and all(p.ready() for _, p in self.unmerged):
@@ -402,15 +417,18 @@ class TeacherProxy:
         return Later(self.handle.call("evaluate", 0, episodes), self._failed)
 
     def save(self, folder: Path) -> None:
-        """Its RNG and a copy of its buffer, once it has merged every checkpoint sent (a rebuilding teacher
-        is waited for: the checkpoint must be complete)."""
-        saved = False
-        while not saved:  # a failure rebuilds the teacher (up to cluster.max_restarts): the new one saves
-            saved = self.merged(wait=True) and self._answered(self.handle.call("save", str(folder / "teacher.pt")))
-        CheckpointBuffer(self.supervisor.system.buffer_dir).copy_into(folder / "teacher")
+        """Its RNG (``teacher.pt``) and a copy of the driver's buffer (``teacher/``), once it has merged every
+        checkpoint sent (a rebuilding teacher is waited for: the checkpoint must be complete)."""
+        state = None
+        while state is None:  # a failure rebuilds the teacher (up to cluster.max_restarts): the new one saves
+            if self.merged(wait=True):
+                pending = self.handle.call("save")
+                state = pending.result() if self._answered(pending) else None
+        (folder / "teacher.pt").write_bytes(state)
+        self.supervisor.system.buffer.copy_into(folder / "teacher")
 
     def load(self, path: Path) -> None:
-        self._answered(self.handle.call("load", str(path)))
+        self._answered(self.handle.call("load", path.read_bytes(), str(path)))
 
     def _answered(self, pending: Pending) -> bool:
         """Whether ``pending`` came back; a failure rebuilds the teacher."""

@@ -28,6 +28,7 @@ import torch
 from actors.rollout import EnvCrashed
 from cluster.roles import LearnerRole, RolloutRole, TeacherRole
 from configs import Config
+from teacher.buffer import CheckpointBuffer
 
 # Failures of the machine, not of the code: replacing the role that hit one can help.
 INFRASTRUCTURE: tuple[type[BaseException], ...] = (
@@ -192,17 +193,29 @@ class LocalSpawner:
 
 class System:
     """N rollout actors, a learner and (unless guidance is none) a teacher, started through ``spawn``.
-    When to replace one, and how often it may be, is the supervisor's (cluster/supervisor.py)."""
+    When to replace one, and how often it may be, is the supervisor's (cluster/supervisor.py).
+
+    ``buffer`` is the driver's durable copy of the teacher's checkpoints (``<run_dir>/teacher``): every
+    version sent to the teacher is written there too (``TeacherProxy.add_checkpoint``), checkpoints copy
+    it, and a teacher started or restarted is handed what it holds (no role needs the driver's disk)."""
 
     def __init__(self, cfg: Config, spawn: Spawner, buffer_dir: Path):
-        self.cfg, self.spawn, self.buffer_dir = cfg, spawn, buffer_dir
+        self.cfg, self.spawn = cfg, spawn
+        self.buffer: CheckpointBuffer | None = None  # made with the teacher: a run without one has no folder
         self.rollouts: list[Handle] = [
             spawn("rollout", f"rollout-{i}", RolloutRole, cfg, i) for i in range(cfg.train.num_workers)
         ]
         self.learner: Handle = spawn("learner", "learner", LearnerRole, cfg)
         self.teacher: Handle | None = None
         if cfg.teacher.guidance != "none":
-            self.teacher = spawn("teacher", "teacher", TeacherRole, cfg, str(buffer_dir))
+            self.buffer = CheckpointBuffer(buffer_dir, cfg.teacher.max_checkpoints)
+            self.teacher = spawn("teacher", "teacher", TeacherRole, cfg, self.buffered())
+
+    def buffered(self) -> list[tuple[int, dict[str, torch.Tensor]]]:
+        """The teacher's checkpoints from the driver's copy, oldest first (a static teacher takes none)."""
+        if self.cfg.teacher.reference == "initial":
+            return []
+        return [(v, self.buffer.load(v)) for v in self.buffer.versions()]
 
     def handles(self) -> list[Handle]:
         return [*self.rollouts, self.learner, *([self.teacher] if self.teacher else [])]
@@ -220,10 +233,10 @@ class System:
         return self.rollouts[index]
 
     def replace_teacher(self, incarnation: int) -> Handle:
-        """A new teacher that rebuilds its merge from the checkpoint buffer on disk (not waited for)."""
+        """A new teacher that rebuilds its merge from the driver's copy of its checkpoints (not waited for)."""
         self.teacher.stop()
         name = f"teacher-r{incarnation}"
-        self.teacher = self.spawn("teacher", name, TeacherRole, self.cfg, str(self.buffer_dir))
+        self.teacher = self.spawn("teacher", name, TeacherRole, self.cfg, self.buffered())
         return self.teacher
 
     def shutdown(self) -> None:

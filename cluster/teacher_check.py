@@ -78,7 +78,9 @@ def _open_run(run: Path) -> tuple[Config, str, CheckpointBuffer]:
         raise FileNotFoundError(
             f"{warm} does not hold the run's SFT checkpoint; the run has not finished its warm start"
         )
-    folder = Path(cfg.train.buffer_dir) if cfg.train.buffer_dir else run / "teacher"
+    folder = run / "teacher"  # the driver's copy (before issue 20, train.buffer_dir could move it)
+    if not folder.is_dir() and cfg.train.buffer_dir:
+        folder = Path(cfg.train.buffer_dir)
     buffer = CheckpointBuffer(folder) if folder.is_dir() else None  # a buffer makes its folder: only open one
     if buffer is None or not buffer.versions():
         raise FileNotFoundError(f"{folder} holds no teacher checkpoints (a run with teacher.guidance=none keeps none)")

@@ -256,7 +256,8 @@ class TrainConfig:
     # Training success and return are also logged over the last this-many ended episodes (rollout/window_*):
     # one iteration's ended episodes are the quick ones (a win ends early, a loss runs to the step cap).
     episode_window: int = 100
-    buffer_dir: str = ""  # teacher checkpoints on disk; "" = <run_dir>/teacher
+    buffer_dir: str = ""  # the teacher's working copy of its checkpoints, on its node; "" = a temporary folder
+    # there, removed when it stops (the driver keeps the durable copy in <run_dir>/teacher)
     # Asynchronous actor/learner (issue 19): the rollout actors sample up to this many batches ahead of the
     # learner, so a batch is learned at most this many policy versions after the one that sampled it
     # (decoupled PPO corrects for it: learner/learner.py). 0 = the synchronous loop, phase by phase.
@@ -278,6 +279,9 @@ class ResourcesConfig:
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     threads: int = 0  # torch threads in this role's process (0 = policy.threads)
+    # Ray custom resources, to put a role on the nodes that offer them (`ray start --resources='{"x": 1}'`),
+    # e.g. cluster.teacher.resources.teacher_node=1
+    resources: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -288,6 +292,9 @@ class ClusterConfig:
     num_gpus: float = -1.0  # GPUs of a cluster started here (-1 = what Ray detects)
     dashboard: bool = True  # the Ray dashboard, on 127.0.0.1
     dashboard_port: int = 8265
+    # Ray's Prometheus endpoint of a cluster started here, 127.0.0.1:<port>/metrics (the run's gtr_* metrics
+    # and Ray's own: docs/grafana/); 0 = a free port Ray picks (the launch log names it)
+    metrics_export_port: int = 0
     rollout: ResourcesConfig = field(default_factory=ResourcesConfig)  # per rollout actor
     learner: ResourcesConfig = field(default_factory=ResourcesConfig)
     teacher: ResourcesConfig = field(default_factory=ResourcesConfig)
@@ -301,6 +308,12 @@ class ClusterConfig:
                 raise ValueError(f"cluster.{role}.num_cpus, num_gpus and threads must be >= 0")
             if res.num_gpus > 1 and res.num_gpus != int(res.num_gpus):
                 raise ValueError(f"cluster.{role}.num_gpus={res.num_gpus}: above 1 it must be a whole number")
+            for name, amount in res.resources.items():
+                if name in ("CPU", "GPU", "memory") or amount <= 0:
+                    raise ValueError(
+                        f"cluster.{role}.resources.{name}={amount}: a custom resource needs an amount > 0 (CPUs "
+                        f"and GPUs are cluster.{role}.num_cpus / num_gpus)"
+                    )
         _at_least("cluster", self, ("num_cpus", "max_restarts"))
         _at_least("cluster", self, ("num_gpus",), -1)
         for key in ("num_cpus", "num_gpus"):  # what Ray starts a node with: whole numbers
@@ -309,12 +322,16 @@ class ClusterConfig:
                     f"cluster.{key}={getattr(self, key)} must be a whole number (an actor's share may be 0.5)"
                 )
         _within("cluster.dashboard_port", self.dashboard_port, 1, 65535)
+        _within("cluster.metrics_export_port", self.metrics_export_port, 0, 65535)
 
 
 @dataclass
 class Config:
     seed: int = 0  # the one base seed; workers and evaluation derive theirs from it
-    run_dir: str = ""  # where outputs go; "" = runs/<command>-<time>
+    # Where a run's outputs go: a local folder, or a URI pyarrow.fs opens (s3://, gs://, hdfs://, file://; a
+    # cluster without a shared disk); "" = runs/<command>-<time>
+    run_dir: str = ""
+    storage_staging: str = ""  # with a URI run_dir: the driver's local copy; "" = <tmp>/gtr-turbo-staging/<run>
     env: EnvConfig = field(default_factory=EnvConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)

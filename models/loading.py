@@ -1,14 +1,20 @@
 """Load a Qwen2.5-VL model and its processor from a local folder, or the embedded default.
 
 ``model_path`` is either ``embedded:xs`` / ``embedded:s`` (built in code and cached on first use,
-models/embedded.py) or a local directory holding a Qwen2.5-VL checkpoint in the Hugging Face layout
-(config.json, safetensors, tokenizer and preprocessor files). Both go through the same
+models/embedded.py), a local directory holding a Qwen2.5-VL checkpoint in the Hugging Face layout
+(config.json, safetensors, tokenizer and preprocessor files), or such a folder at a URI that pyarrow.fs
+opens (s3://, gs://, hdfs://, file://), fetched once into this node's cache. All go through the same
 ``from_pretrained`` calls; nothing is fetched from a hub (``local_files_only``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import re
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -21,14 +27,16 @@ from models.processing import VLProcessor
 
 hf_logging.disable_progress_bar()  # no per-load progress bars in logs
 
+MARKER = ".fetched"  # written last into a model folder fetched from a URI
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def resolve(model_path: str) -> Path:
-    """The local folder for ``model_path``, with a clear error when it cannot be one."""
+    """The local folder for ``model_path``, with a clear error when it cannot be one. A URI is fetched into
+    this node's cache first (``fetch_folder``)."""
     if embedded.is_embedded(model_path):
         return embedded.materialize(embedded.size_of(model_path))
-    folder = Path(model_path).expanduser()
+    folder = fetch_folder(model_path) if "://" in model_path else Path(model_path).expanduser()
     if not folder.is_dir():
         raise FileNotFoundError(
             f"model path {model_path!r} is not a folder. Set policy.path to a local Qwen2.5-VL checkpoint "
@@ -57,3 +65,51 @@ def load_vlm(
     folder = resolve(model_path)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder, dtype=DTYPES[dtype], local_files_only=True)
     return speed_up(model.to(device).eval()), VLProcessor.from_pretrained(folder)
+
+
+def cache_root() -> Path:
+    """Where this node keeps model folders fetched from a URI: ``$GTR_TURBO_CACHE``, else ~/.cache/gtr-turbo."""
+    return Path(os.environ.get("GTR_TURBO_CACHE") or Path.home() / ".cache" / "gtr-turbo") / "models"
+
+
+def fetch_folder(location: str) -> Path:
+    """The folder at URI ``location`` (a location pyarrow.fs opens: s3://, gs://, hdfs://, file://), fetched
+    once into this node's cache and reused after; a marker written last says a copy is whole, so a fetch cut
+    off is done again. A node needs no shared disk to load a model (issue 20)."""
+    try:
+        import pyarrow.fs as pafs
+    except ImportError:
+        raise FileNotFoundError(f"model path {location} is a URI, which needs pyarrow (pip install pyarrow)") from None
+    try:
+        fs, root = pafs.FileSystem.from_uri(location)
+    except (OSError, ValueError) as error:
+        raise FileNotFoundError(f"model path {location}: pyarrow.fs cannot open it ({error})") from None
+    root = root.rstrip("/")
+    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+    infos = sorted((i for i in infos if i.type == pafs.FileType.File), key=lambda i: i.path)
+    files = [info.path[len(root) :].lstrip("/") for info in infos]
+    if not files:
+        raise FileNotFoundError(f"model path {location} holds no files")
+    # The copy is named by the location and what is there now (names, sizes, times): new files there, a new copy.
+    listing = "\n".join(f"{name} {info.size} {info.mtime_ns}" for name, info in zip(files, infos, strict=True))
+    digest = hashlib.sha256(f"{location}\n{listing}".encode()).hexdigest()[:16]
+    cache = cache_root()
+    target = cache / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', location)[-60:]}-{digest}"
+    if (target / MARKER).is_file():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=cache))
+    for relative in files:
+        (partial / relative).parent.mkdir(parents=True, exist_ok=True)
+        with fs.open_input_stream(f"{root}/{relative}") as source, open(partial / relative, "wb") as sink:
+            shutil.copyfileobj(source, sink, 16 << 20)
+    (partial / MARKER).write_text(location)
+    if not (target / MARKER).is_file():
+        shutil.rmtree(target, ignore_errors=True)  # a copy cut off before its marker
+    try:
+        partial.rename(target)
+    except OSError:  # another process on this node fetched it meanwhile
+        shutil.rmtree(partial, ignore_errors=True)
+        if not (target / MARKER).is_file():
+            raise
+    return target

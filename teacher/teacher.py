@@ -5,8 +5,8 @@ A plain class (no Ray). ``add_checkpoint`` stores each published adapter on disk
 base copies, streaming module by module (teacher/merge.py). The teacher then answers
 ``score`` (log-probs of the student's sampled tokens, gathered, never full-vocabulary logits) and
 ``generate`` (reference answers for SFT guidance) with the same engine code the student rolls out
-with, at the same temperature. A new Teacher over an existing buffer folder rebuilds itself from the
-checkpoints on disk. ``reference="initial"`` keeps the starting weights: the paper's static-teacher
+with, at the same temperature. A new Teacher rebuilds itself from the checkpoints handed to it and those
+already in its buffer folder. ``reference="initial"`` keeps the starting weights: the paper's static-teacher
 ablation. The published code's teacher froze after its first merge (peft's add_weighted_adapter
 silently returns when the name exists); tests check the weights change at every merge.
 """
@@ -41,26 +41,37 @@ class Teacher:
         dtype: str = "float32",
         device: str = "cpu",
         seed: int = 0,
+        checkpoints: Sequence[tuple[int, dict[str, torch.Tensor]]] = (),
     ):
+        """``checkpoints`` ([(version, adapter)], oldest first) join the buffer at once and are merged: a
+        restarted teacher, or a resumed run, picks up where the run is (so does one over a buffer folder
+        that already holds checkpoints)."""
         self.cfg, self.lora = cfg, lora
         self.engine = HFEngine(model_path, lora, dtype=dtype, device=device, seed=seed)
         self.buffer = CheckpointBuffer(buffer_dir, cfg.max_checkpoints)
         self.merged_version = 0
         self.stats: dict[str, float] = {}
         self._pending = 0
-        if cfg.reference == "merged" and self.buffer.versions():
-            self.remerge()  # a restarted teacher picks up where the buffer is
+        if cfg.reference == "merged":
+            for version, adapter in checkpoints:
+                self._store(adapter, version)
+            if self.buffer.versions():
+                self.remerge()
 
     def add_checkpoint(self, adapter: dict[str, torch.Tensor], version: int) -> None:
         if self.cfg.reference == "initial":
             return  # the static teacher never changes
+        self._store(adapter, version)
+        self._pending += 1
+        if self._pending >= self.cfg.merge_interval:
+            self.remerge()
+
+    def _store(self, adapter: dict[str, torch.Tensor], version: int) -> None:
+        """Into the buffer, with what TIES needs of it computed once."""
         thresholds = None
         if self.cfg.merge == "ties":
             thresholds = trim_thresholds(adapter, self.lora.scaling, self.cfg.density, self.engine.device)
         self.buffer.add(version, adapter, thresholds)
-        self._pending += 1
-        if self._pending >= self.cfg.merge_interval:
-            self.remerge()
 
     def remerge(self) -> None:
         """Rebuild the merged weights from every checkpoint in the buffer."""

@@ -10,25 +10,15 @@ import torch
 from cluster import launch
 from cluster.roles import LearnerRole
 from configs import load_config
-from tests.cluster.tiny import TINY
+from tests.cluster.test_resume import _config as resume_config
+from tests.cluster.test_resume import crash_saving_version
 
 QUIET = lambda *_: None  # noqa: E731
 
 
 def _config(run_dir, *extra):
-    return load_config(
-        None,
-        [
-            *TINY,
-            "cluster.mode=local",
-            "train.iterations=4",
-            "train.checkpoint_every=2",
-            "train.num_workers=2",
-            "teacher.guidance=kl",
-            f"run_dir={run_dir}",
-            *extra,
-        ],
-    )
+    """test_resume's run (4 iterations, checkpoints every 2, 2 workers), with KL guidance unless ``extra`` says."""
+    return resume_config(run_dir, "kl", *extra)
 
 
 def _records(run_dir):
@@ -59,14 +49,7 @@ def test_resume_continues_the_same_asynchronous_run(tmp_path, monkeypatch, guida
     assert (saved / "scored.pt").is_file()  # and the teacher's guidance for it, from its merge of version 1
 
     cut_dir = tmp_path / "cut"
-    save = LearnerRole.save
-
-    def crashing_save(self, path):
-        if "iter-00000004" in path:
-            raise OSError("power cut")
-        save(self, path)
-
-    monkeypatch.setattr(LearnerRole, "save", crashing_save)
+    save = crash_saving_version(monkeypatch, 4, OSError("power cut"))
     with pytest.raises(launch.RunStopped, match="power cut"):
         launch.run(_config(cut_dir, "train.max_staleness=1", f"teacher.guidance={guidance}"), log=QUIET)
     monkeypatch.setattr(LearnerRole, "save", save)

@@ -162,6 +162,10 @@ def test_check_resources_names_what_does_not_fit():
     big = load_config(None, ["cluster.learner.num_gpus=2"])  # 2 GPUs in the cluster, but one per node
     with pytest.raises(remote.ResourceError, match="learner asks for 1 CPUs and 2 GPUs"):
         remote.check_resources(big, node, [{"CPU": 8.0, "GPU": 1.0}, {"CPU": 8.0, "GPU": 1.0}])
+    placed = load_config(None, ["cluster.learner.resources.learner_node=1"])  # a custom resource no node offers
+    with pytest.raises(remote.ResourceError, match=r"learner asks for \{'learner_node': 1.0\} \(cluster.learner.reso"):
+        remote.check_resources(placed, node, [node])
+    remote.check_resources(placed, node, [node, {"CPU": 1.0, "learner_node": 1.0}])
 
 
 def test_a_method_that_raises_is_a_role_failure_and_a_killed_actor_died(cluster):

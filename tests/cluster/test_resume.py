@@ -33,28 +33,34 @@ class Crash(Exception):
     pass
 
 
+def crash_saving_version(monkeypatch, version, error):
+    """The learner's save raises ``error`` while it holds ``version`` (a crash in the middle of writing that
+    iteration's checkpoint, after the rollout actors' states); returns the real save, to put back."""
+    save = LearnerRole.save
+
+    def crashing_save(self):
+        if self.learner.version == version:
+            raise error
+        return save(self)
+
+    monkeypatch.setattr(LearnerRole, "save", crashing_save)
+    return save
+
+
 @pytest.mark.parametrize("guidance", ["kl", "sft"])
 def test_resume_after_a_crash_mid_checkpoint_matches_the_uninterrupted_run(tmp_path, guidance, monkeypatch):
     quiet = lambda *_: None  # noqa: E731
     whole = launch.run(_config(tmp_path / "whole", guidance), log=quiet)
 
-    # Cut: the checkpoint of iteration 4 dies half-written (the learner's file truncated, then a crash).
+    # Cut: the checkpoint of iteration 4 dies half-written (the rollout actors' states written, then the
+    # learner's save crashes).
     cut_dir = tmp_path / "cut"
-    save = LearnerRole.save
-
-    def crashing_save(self, path):
-        if "iter-00000004" in path:
-            with open(path, "wb") as f:
-                f.write(b"half a checkpoint")
-            raise Crash("power cut")
-        save(self, path)
-
-    monkeypatch.setattr(LearnerRole, "save", crashing_save)
+    save = crash_saving_version(monkeypatch, 4, Crash("power cut"))
     with pytest.raises(launch.RunStopped, match="learner failed in save .*power cut"):
         launch.run(_config(cut_dir, guidance), log=quiet)
     assert (cut_dir / "checkpoints" / "latest").read_text() == "iter-00000002"  # still the last complete one
     assert not (cut_dir / "checkpoints" / "iter-00000004").exists()
-    # The teacher's buffer on disk already holds versions 3 and 4 of the lost iterations.
+    # The driver's copy of the teacher's buffer already holds versions 3 and 4 of the lost iterations.
     assert len(list((cut_dir / "teacher").glob("adapter-*.safetensors"))) == 4
     monkeypatch.setattr(LearnerRole, "save", save)
 

@@ -58,6 +58,9 @@ def test_yaml_then_overrides_win(tmp_path):
         (["sft.grad_clip=0"], "sft.grad_clip must be > 0"),
         (["cluster.num_cpus=2.5"], "cluster.num_cpus=2.5 must be a whole number"),
         (["cluster.dashboard_port=70000"], "cluster.dashboard_port must lie in [1, 65535]"),
+        (["cluster.metrics_export_port=-1"], "cluster.metrics_export_port must lie in [0, 65535]"),
+        (["cluster.teacher.resources.teacher_node=0"], "cluster.teacher.resources.teacher_node=0.0: a custom resource"),
+        (["cluster.rollout.resources.GPU=1"], "CPUs and GPUs are cluster.rollout.num_cpus / num_gpus"),
         (["seed=-3"], "seed must be >= 0"),
     ],
 )

@@ -3,7 +3,10 @@
 import subprocess
 import sys
 
+import pytest
 
+
+@pytest.mark.slow  # about 45 s here
 def test_score_memory_prints_both_ways():
     argv = [sys.executable, "-m", "bench.score_memory", "--vocab", "1000", "--hidden", "32", "--rows", "2"]
     out = subprocess.run([*argv, "--tokens", "8"], capture_output=True, text=True, timeout=300)

@@ -101,6 +101,7 @@ def _remove_node_of(cluster, handle):
     return node_id
 
 
+@pytest.mark.slow  # about 40 s here, as is the teacher's; the learner's node loss stays in the default tier
 def test_a_lost_rollout_node_is_survived_on_another(nodes, tmp_path):
     nodes.add_node(num_cpus=1, resources={"rollout_node": 2})  # where the lost actors can go
     removed = []
@@ -118,6 +119,7 @@ def test_a_lost_rollout_node_is_survived_on_another(nodes, tmp_path):
     assert records[-1]["rollout/total_env_steps"] == 4 * 2 * 3 * 4
 
 
+@pytest.mark.slow
 def test_a_lost_teacher_node_is_rebuilt_on_another_from_the_drivers_copy(nodes, tmp_path):
     nodes.add_node(num_cpus=1, resources={"teacher_node": 1})  # where the new teacher can go
     removed = []

@@ -15,7 +15,7 @@ from models.engines.base import prompt_input
 from tests.cluster.tiny import RAY, TINY
 
 ray = pytest.importorskip("ray")
-pytestmark = [pytest.mark.ray, pytest.mark.vllm]
+pytestmark = [pytest.mark.ray, pytest.mark.vllm, pytest.mark.slow]  # about 2 minutes here
 
 VLLM = [
     "policy.engine=vllm",

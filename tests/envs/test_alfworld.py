@@ -37,6 +37,7 @@ def _replay(env, game):
     return rewards, terminated, truncated, info
 
 
+@pytest.mark.slow  # about 45 s here; test_walkthroughs_win_valid_unseen_games stays in the default tier
 def test_walkthroughs_win_two_train_games_of_each_task_type(train_env):
     chosen = _two_per_type(train_env)
     assert sorted(chosen) == sorted(TASK_TYPES)

@@ -57,6 +57,7 @@ import torch
 
 from cluster import checkpoint, metrics
 from cluster.roles import read_state
+from cluster.storage import show
 from cluster.supervisor import Guidance, Later, OnEach, Published, SampleCall, Sampled, Scoring, Supervisor
 from cluster.system import RunStopped, System
 from configs import Config
@@ -274,7 +275,10 @@ class Trainer:
         try:
             return self._restore(path)
         except RunStopped as error:
-            raise RunStopped(f"cannot resume from {path}: {error.what}. {_other_checkpoints(path)}") from error
+            where = show(path, self.run_dir, self.cfg.run_dir)
+            raise RunStopped(
+                f"cannot resume from {where}: {error.what}. {_other_checkpoints(path, self.cfg.run_dir)}"
+            ) from error
 
     def _restore(self, path: Path) -> int:
         state = checkpoint.driver_state(path)
@@ -322,14 +326,16 @@ class Evaluation:
         return out
 
 
-def _other_checkpoints(path: Path) -> str:
+def _other_checkpoints(path: Path, location: str) -> str:
+    """The run's other checkpoints and the command that resumes from the newest, at the run's ``location``."""
     run_dir = path.parent.parent
+    location = location or str(run_dir)
     others = [p.name for p in checkpoint.checkpoints(run_dir) if p != path]
     if not others:
         return "This run has no other checkpoint."
     return (
         f"Other checkpoints of this run: {', '.join(others)}; resume from one with: "
-        f"python -m cluster.launch --resume {run_dir} --checkpoint {others[0]}"
+        f"python -m cluster.launch --resume {location} --checkpoint {others[0]}"
     )
 
 

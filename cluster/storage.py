@@ -175,6 +175,8 @@ def show(path: Path, local: Path, location: str) -> str:
         relative = path.relative_to(local).as_posix()
     except ValueError:
         return str(path)
+    if not location:  # a run made without launch (bench/): its folder is all there is
+        return str(path)
     return location if relative == "." else f"{location}/{relative}"
 
 

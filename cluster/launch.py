@@ -379,6 +379,11 @@ def warm_start(cfg: Config, storage: Storage, spawner: Spawner, log) -> Config:
         for relative, data in (files or {}).items():
             (folder / relative).parent.mkdir(parents=True, exist_ok=True)
             (folder / relative).write_bytes(data)
+        summary = folder / "sft_summary.json"
+        if summary.is_file():  # it names the scratch folder the task wrote in
+            summary.write_text(
+                json.dumps(json.loads(summary.read_text()) | {"checkpoint": storage.show(output)}, indent=2)
+            )
         storage.push()
         log(f"warm start: done in {(time.perf_counter() - began) / 60:.1f} min -> {storage.show(output)}")
     return dataclasses.replace(cfg, policy=dataclasses.replace(cfg.policy, path=storage.show(output)))

@@ -116,6 +116,8 @@ def test_a_warm_start_reaches_the_roles_through_the_location(tmp_path, monkeypat
     cfg = _config(location, tmp_path / "staging", *warm)
     launch.run(cfg, log=QUIET, hook=hook)
     assert (tmp_path / "store" / "run" / "warm_start" / "checkpoint" / "config.json").is_file()
+    summary = json.loads((tmp_path / "store" / "run" / "warm_start" / "sft_summary.json").read_text())
+    assert summary["checkpoint"] == f"{location}/warm_start/checkpoint"
     assert seen["rollout"].startswith(str(tmp_path / "cache" / "models"))  # fetched from the location
     # A node that does not see the driver's disk (no token there) gets the files back instead.
     files = launch._sft_warm_start(cfg, str(tmp_path / "elsewhere"), ".driver-absent")

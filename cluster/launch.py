@@ -63,14 +63,8 @@ def run(
     preflight(cfg)
     cfg = dataclasses.replace(cfg, run_dir=storage.location)
     with RunFolder(run_dir, log) as owned:
-        if storage.remote:
-            _stage(storage, resume)
+        _stage(storage, resume)
         latest = _resume_point(storage, checkpoint_name, log) if resume else None
-        if not resume and storage.holds_run():
-            raise SetupError(
-                f"{storage.location} already holds a run: continue it with --resume {storage.location}, or set "
-                "another one"
-            )
         if not resume:
             owned.write("config.yaml", to_yaml(cfg))
             storage.push()
@@ -89,8 +83,8 @@ def open_storage(location: str, staging: str = "") -> Storage:
 
 
 def _stage(storage: Storage, resume: bool) -> None:
-    """A URI location: a resumed run's files fetched into the staging folder; a new run's location checked
-    and its staging folder emptied."""
+    """A resumed run's files fetched into the staging folder (a URI location); a new run's location checked
+    to hold none, and its staging folder emptied (a URI location)."""
     try:
         if resume:
             storage.pull()

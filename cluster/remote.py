@@ -50,10 +50,6 @@ def demands(cfg: Config) -> list[tuple[str, float, float]]:
     return out
 
 
-def _custom(cfg: Config, actor: str) -> dict[str, float]:
-    return dict(getattr(cfg.cluster, actor.split("-")[0]).resources)
-
-
 def check_resources(cfg: Config, total: dict[str, float], nodes: list[dict[str, float]]) -> None:
     """Fail with the keys to change when the actors cannot all be placed on this cluster."""
     wanted = demands(cfg)
@@ -72,8 +68,8 @@ def check_resources(cfg: Config, total: dict[str, float], nodes: list[dict[str, 
                 f"{have:g}. Lower these ({fix}), or join a cluster with more."
             )
     for name, cpus, gpus in wanted:
-        custom = _custom(cfg, name)
         role = name.split("-")[0]
+        custom = dict(getattr(c, role).resources)
         if custom and not any(all(node.get(k, 0) >= v - 1e-9 for k, v in custom.items()) for node in nodes):
             raise ResourceError(
                 f"{name} asks for {custom} (cluster.{role}.resources) but no node of the Ray cluster offers that; "

@@ -85,8 +85,12 @@ class Storage:
         """A new run at a URI: an empty staging folder (one left by an earlier run there is cleared)."""
         if self.remote and self.local.exists():
             for path in self.local.iterdir():
-                if path.name != ".lock":
-                    shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+                if path.name == ".lock":
+                    continue
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
         self._pushed = {}
 
     def pull(self, only: str | None = None) -> None:

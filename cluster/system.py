@@ -212,9 +212,7 @@ class System:
             self.teacher = spawn("teacher", "teacher", TeacherRole, cfg, self.buffered())
 
     def buffered(self) -> list[tuple[int, dict[str, torch.Tensor]]]:
-        """The teacher's checkpoints from the driver's copy, oldest first (a static teacher takes none)."""
-        if self.cfg.teacher.reference == "initial":
-            return []
+        """The teacher's checkpoints from the driver's copy, oldest first."""
         return [(v, self.buffer.load(v)) for v in self.buffer.versions()]
 
     def handles(self) -> list[Handle]:

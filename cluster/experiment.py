@@ -11,9 +11,11 @@
    envs x workers; an override that changes it is refused). Every run sets ``teacher.required=true``
    unless the base config or an override sets it: a run whose teacher failed stops rather than train on
    without guidance, which would blur the comparison. ``parallel`` runs go side by side (one per
-   core here). A run that finished before (its summary.md exists) is not run again, and one cut off
+   core here). A run that finished before (it trained all its iterations) is not run again, and one cut off
    resumes from its newest intact checkpoint (``cluster.launch --resume``; from scratch if it had none),
    so an interrupted experiment continues where it stopped; its log is ``<output>/<run>/seed<k>/launch.log``.
+   Every start of a run (and of the warm start) adds a line to its ``provenance.jsonl``: the time, the
+   project's commit and the CPU, so a grid that spans sessions and machines says what ran where.
 3. ``<output>/<name>.md`` (final held-out success and return, mean and spread over seeds, a 95 % interval
    and the collapse rate: seeds 10+ points below the start at any evaluation; the merged teacher next to
    the student) and ``<output>/<name>.png`` (held-out success against env steps).
@@ -25,10 +27,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,8 +123,9 @@ def run_all(spec: ExperimentSpec, output: Path, only: set[str] | None, log=print
     start = output / "warm_start" / "checkpoint"
     if not (start / "config.json").is_file():
         log(f"warm start -> {start}")
+        record_provenance(output / "warm_start")
         _run([sys.executable, "-m", "cluster.sft", *warm], output / "warm_start.log")
-    todo = [j for j in jobs if (only is None or j.run in only) and not (j.folder / "summary.md").is_file()]
+    todo = [j for j in jobs if (only is None or j.run in only) and not finished(j.folder)]
     log(f"{len(todo)} runs to go ({len(jobs)} in the grid), {spec.parallel} at a time")
     running: list[tuple[Job, subprocess.Popen, float]] = []
     while todo or running:
@@ -135,6 +140,7 @@ def run_all(spec: ExperimentSpec, output: Path, only: set[str] | None, log=print
                     shutil.rmtree(job.folder)
                 job.folder.mkdir(parents=True)
                 log(f"started {job.run} seed {job.seed}")
+            record_provenance(job.folder)
             running.append((job, _start(argv, job.folder / "launch.log"), time.perf_counter()))
         time.sleep(1.0)
         for item in list(running):
@@ -146,6 +152,72 @@ def run_all(spec: ExperimentSpec, output: Path, only: set[str] | None, log=print
                 log(f"{job.run} seed {job.seed}: {state} in {minutes:.1f} min")
                 before = _minutes(job.folder)  # a resumed run adds its time to the cut-off one's
                 (job.folder / "wall_minutes.txt").write_text(f"{before + minutes:.2f}\n")
+
+
+def finished(folder: Path) -> bool:
+    """Whether the run in ``folder`` trained every iteration its config asks for. (Not whether it wrote
+    summary.md: a run stopped part-way writes one too.)"""
+    config, metrics = folder / "config.yaml", folder / "metrics.jsonl"
+    if not (config.is_file() and metrics.is_file()):
+        return False
+    iterations = OmegaConf.load(config).train.iterations
+    return any(record.get(names.ITERATION, 0) >= iterations for record in read_records(metrics))
+
+
+def record_provenance(folder: Path) -> None:
+    """Add this start's time, commit and CPU to ``<folder>/provenance.jsonl``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    line = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "commit": project_commit(), "cpu": cpu_name()}
+    with open(folder / PROVENANCE, "a") as out:
+        out.write(json.dumps(line) + "\n")
+
+
+PROVENANCE = "provenance.jsonl"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def project_commit() -> str:
+    """The project's commit, ``+changes`` when its code differs from it (results folders aside); ``unknown``
+    outside a git checkout."""
+    git = ["git", "-C", str(ROOT)]
+    try:
+        head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        changed = subprocess.run(
+            [*git, "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head.stdout.strip() + ("+changes" if changed.stdout.strip() else "")
+
+
+def cpu_name() -> str:
+    """The CPU's model name and core count (``/proc/cpuinfo`` where there is one)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        name = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        name = platform.processor() or platform.machine()
+    return f"{name}, {os.cpu_count()} cores"
+
+
+def provenance(output: Path, spec: ExperimentSpec) -> str:
+    """Which commits and CPUs the finished runs (and the warm start) ran on, with their counts."""
+    finished = [output / run / f"seed{seed}" for run, seeds in curves(output, spec).items() for seed in seeds]
+    starts = [
+        json.loads(line)
+        for folder in [output / "warm_start", *finished]
+        if (folder / PROVENANCE).is_file()
+        for line in (folder / PROVENANCE).read_text().splitlines()
+    ]
+    if not starts:
+        return ""
+    commits, cpus = (Counter(start[key] for start in starts) for key in ("commit", "cpu"))
+    by_commit = "; ".join(f"{commit} ({n})" for commit, n in commits.items())
+    by_cpu = "; ".join(f"{cpu} ({n})" for cpu, n in cpus.items())
+    return f"Starts of the warm start and the finished runs, by commit: {by_commit}. By CPU: {by_cpu}.\n"
 
 
 def _resumable(folder: Path) -> bool:
@@ -185,7 +257,7 @@ def curves(output: Path, spec: ExperimentSpec) -> dict[str, dict[int, list[tuple
     for run in spec.runs:
         for seed in spec.seeds:
             path = output / run / f"seed{seed}" / "metrics.jsonl"
-            if not (path.parent / "summary.md").is_file():
+            if not finished(path.parent):
                 continue
             points = [(0, {names.EVAL + k: v for k, v in start.items()})] if start else []
             points += [(r[names.TOTAL_ENV_STEPS], r) for r in read_records(path) if names.EVAL_SUCCESS in r]
@@ -336,6 +408,9 @@ def write_results(output: Path, spec: ExperimentSpec) -> str:
     table = results_table(output, spec)
     runs = f"{output}/<run>/seed<k>/ (summary.md, metrics.jsonl)"
     text = f"# {spec.name}\n\n{table}\n\nPlot: {spec.name}.png. Runs: {runs}.\n"
+    ran = provenance(output, spec)
+    if ran:
+        text += f"\n{ran}"
     teacher = teacher_table(output, spec)
     if teacher:
         text += f"\n## The merged teacher as a policy, at every evaluation\n\n{teacher}\n"

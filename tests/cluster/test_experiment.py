@@ -72,9 +72,11 @@ def test_a_run_cut_off_resumes_from_its_newest_checkpoint(tmp_path, capsys):
     assert experiment.main([str(path)]) == 0
     run = tmp_path / "out" / "ppo" / "seed0"
     whole = (run / "metrics.jsonl").read_text().splitlines()
-    # Cut off during iteration 2: its checkpoint and the run's end never happened.
-    (run / "summary.md").unlink()
+    # Stopped during iteration 2 (SIGTERM, say): its record and checkpoint never happened, but a stopped run
+    # writes its summary.md too, so that is not what tells a finished run.
+    (run / "metrics.jsonl").write_text(whole[0] + "\n")
     shutil.rmtree(run / "checkpoints" / "iter-00000002")
+    assert (run / "summary.md").is_file() and not experiment.finished(run)
     capsys.readouterr()
     assert experiment.main([str(path)]) == 0
     out = capsys.readouterr().out
@@ -83,7 +85,11 @@ def test_a_run_cut_off_resumes_from_its_newest_checkpoint(tmp_path, capsys):
     assert [json.loads(x)["iteration"] for x in resumed] == [1, 2]
     for key in ("losses/policy", "rollout/return"):  # iteration 2 again, from iteration 1's state: the same
         assert json.loads(resumed[1])[key] == json.loads(whole[1])[key]
-    assert (run / "summary.md").is_file()
+    assert experiment.finished(run)
+    starts = [json.loads(x) for x in (run / "provenance.jsonl").read_text().splitlines()]
+    assert len(starts) == 2 and starts[0]["commit"] == experiment.project_commit() != ""
+    assert "cores" in starts[0]["cpu"]
+    assert f"by commit: {starts[0]['commit']} (3)" in (tmp_path / "out" / "tiny.md").read_text()  # + the warm start
 
 
 def test_the_interval_and_the_collapse_rate_worked_by_hand():

@@ -330,12 +330,7 @@ def results_table(output: Path, spec: ExperimentSpec) -> str:
         )
     for run, seeds in data.items():
         finals = [points[-1][1] for points in seeds.values()]
-        gaps = [
-            r[names.EVAL_TEACHER_SUCCESS] - r[names.EVAL_SUCCESS]
-            for points in seeds.values()
-            for _, r in points[1:]
-            if names.EVAL_TEACHER_SUCCESS in r
-        ]
+        gaps = [gap for at_step in _gaps(seeds).values() for gap in at_step]
         minutes = [_minutes(output / run / f"seed{s}") for s in seeds]
         low, high = interval95([r[names.EVAL_SUCCESS] for r in finals])
         ci = f"{100 * low:.1f}-{100 * high:.1f} %" if low == low else "-"
@@ -381,27 +376,55 @@ def _minutes(folder: Path) -> float:
 
 
 def plot(output: Path, spec: ExperimentSpec, path: Path) -> None:
+    """Held-out success against env steps (each arm's mean over seeds, its min-max band and every seed thin),
+    and, where a run evaluates its merged teacher, teacher - student at every evaluation (mean over seeds)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for run, seeds in curves(output, spec).items():
+    data = curves(output, spec)
+    gaps = {run: _gaps(seeds) for run, seeds in data.items()}
+    panels = 2 if any(gaps.values()) else 1
+    fig, axes = plt.subplots(1, panels, figsize=(8 * panels, 5), squeeze=False)
+    success, gap = axes[0][0], axes[0][-1]
+    for run, seeds in data.items():
         steps = sorted({s for points in seeds.values() for s, _ in points})
         rows = [[dict(points).get(s, {}).get(names.EVAL_SUCCESS) for s in steps] for points in seeds.values()]
         mean = [np.mean([r[i] for r in rows if r[i] is not None]) for i in range(len(steps))]
         low = [min(r[i] for r in rows if r[i] is not None) for i in range(len(steps))]
         high = [max(r[i] for r in rows if r[i] is not None) for i in range(len(steps))]
-        (line,) = ax.plot(steps, mean, marker="o", label=f"{run} ({len(seeds)} seeds)")
-        ax.fill_between(steps, low, high, alpha=0.15, color=line.get_color())
-    ax.set_xlabel("env steps")
-    ax.set_ylabel("held-out success (mean, band = min-max over seeds)")
-    ax.set_title(spec.name)
-    ax.legend()
+        (line,) = success.plot(steps, mean, marker="o", label=f"{run} ({len(seeds)} seeds)")
+        success.fill_between(steps, low, high, alpha=0.15, color=line.get_color())
+        for row in rows:
+            kept = [(s, v) for s, v in zip(steps, row, strict=True) if v is not None]
+            success.plot(*zip(*kept, strict=True), linewidth=0.6, alpha=0.4, color=line.get_color())
+        if panels == 2 and gaps[run]:
+            at = sorted(gaps[run])
+            gap.plot(at, [np.mean(gaps[run][s]) for s in at], marker="o", color=line.get_color(), label=run)
+    success.set_xlabel("env steps")
+    success.set_ylabel("held-out success (mean; band min-max, thin lines: seeds)")
+    success.set_title(spec.name)
+    success.legend()
+    if panels == 2:
+        gap.axhline(0.0, color="grey", linewidth=0.8)
+        gap.set_xlabel("env steps")
+        gap.set_ylabel("teacher - student, held-out success (mean over seeds)")
+        gap.set_title("the merged teacher as a policy")
+        gap.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def _gaps(seeds: dict[int, list[tuple[int, dict]]]) -> dict[int, list[float]]:
+    """env steps -> teacher - student success at that evaluation, one value per seed that evaluated both."""
+    out: dict[int, list[float]] = {}
+    for points in seeds.values():
+        for step, r in points:
+            if names.EVAL_TEACHER_SUCCESS in r:
+                out.setdefault(step, []).append(r[names.EVAL_TEACHER_SUCCESS] - r[names.EVAL_SUCCESS])
+    return out
 
 
 def write_results(output: Path, spec: ExperimentSpec) -> str:

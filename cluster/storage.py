@@ -16,11 +16,12 @@ pyarrow is imported only for a URI (STYLE.md 13): a local ``run_dir`` works as b
 
 from __future__ import annotations
 
-import hashlib
 import re
 import shutil
 import tempfile
 from pathlib import Path
+
+from core.uri import download, is_uri, local_name, upload
 
 # Never copied to the location: the run folder's lock (it locks this machine's staging folder only) and
 # the temporary names of files and checkpoints being written.
@@ -29,10 +30,6 @@ PRIVATE = re.compile(r"(^|/)(\.lock|\.tmp-[^/]*|\.[^/]*\.tmp)(/|$)")
 
 class StorageError(ValueError):
     """The storage location cannot be used; the message says why and what to set."""
-
-
-def is_uri(location: str) -> bool:
-    return "://" in location
 
 
 def staging_root(configured: str = "") -> Path:
@@ -49,8 +46,7 @@ class Storage:
             self.location = location.rstrip("/")
             self.fs, self.root = _open(self.location)
             self.root = self.root.rstrip("/")
-            digest = hashlib.sha256(self.location.encode()).hexdigest()[:12]
-            self.local = staging_root(staging) / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', self.location)[-60:]}-{digest}"
+            self.local = staging_root(staging) / local_name(self.location)
         else:
             self.local = Path(location).expanduser().resolve()
             self.location = str(self.local)
@@ -147,15 +143,13 @@ class Storage:
     def _upload(self, relative: str) -> None:
         target = f"{self.root}/{relative}"
         self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
-        with open(self.local / relative, "rb") as source, self.fs.open_output_stream(target) as sink:
-            shutil.copyfileobj(source, sink, 16 << 20)
+        upload(self.fs, self.local / relative, target)
 
     def _download(self, relative: str) -> None:
         target = self.local / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f".{target.name}.tmp")
-        with self.fs.open_input_stream(f"{self.root}/{relative}") as source, open(partial, "wb") as sink:
-            shutil.copyfileobj(source, sink, 16 << 20)
+        download(self.fs, f"{self.root}/{relative}", partial)
         partial.replace(target)
 
     def _delete(self, relative: str) -> None:

@@ -9,10 +9,8 @@ opens (s3://, gs://, hdfs://, file://), fetched once into this node's cache. All
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -21,6 +19,7 @@ import torch
 from transformers import Qwen2_5_VLForConditionalGeneration
 from transformers.utils import logging as hf_logging
 
+from core.uri import download, is_uri, local_name
 from models import embedded
 from models.fast import speed_up
 from models.processing import VLProcessor
@@ -36,7 +35,7 @@ def resolve(model_path: str) -> Path:
     this node's cache first (``fetch_folder``)."""
     if embedded.is_embedded(model_path):
         return embedded.materialize(embedded.size_of(model_path))
-    folder = fetch_folder(model_path) if "://" in model_path else Path(model_path).expanduser()
+    folder = fetch_folder(model_path) if is_uri(model_path) else Path(model_path).expanduser()
     if not folder.is_dir():
         raise FileNotFoundError(
             f"model path {model_path!r} is not a folder. Set policy.path to a local Qwen2.5-VL checkpoint "
@@ -92,17 +91,15 @@ def fetch_folder(location: str) -> Path:
         raise FileNotFoundError(f"model path {location} holds no files")
     # The copy is named by the location and what is there now (names, sizes, times): new files there, a new copy.
     listing = "\n".join(f"{name} {info.size} {info.mtime_ns}" for name, info in zip(files, infos, strict=True))
-    digest = hashlib.sha256(f"{location}\n{listing}".encode()).hexdigest()[:16]
     cache = cache_root()
-    target = cache / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', location)[-60:]}-{digest}"
+    target = cache / local_name(location, listing, digits=16)
     if (target / MARKER).is_file():
         return target
     cache.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=cache))
     for relative in files:
         (partial / relative).parent.mkdir(parents=True, exist_ok=True)
-        with fs.open_input_stream(f"{root}/{relative}") as source, open(partial / relative, "wb") as sink:
-            shutil.copyfileobj(source, sink, 16 << 20)
+        download(fs, f"{root}/{relative}", partial / relative)
     (partial / MARKER).write_text(location)
     if not (target / MARKER).is_file():
         shutil.rmtree(target, ignore_errors=True)  # a copy cut off before its marker

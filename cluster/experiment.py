@@ -333,7 +333,7 @@ def results_table(output: Path, spec: ExperimentSpec) -> str:
         gaps = [gap for at_step in _gaps(seeds).values() for gap in at_step]
         minutes = [_minutes(output / run / f"seed{s}") for s in seeds]
         low, high = interval95([r[names.EVAL_SUCCESS] for r in finals])
-        ci = f"{100 * low:.1f}-{100 * high:.1f} %" if low == low else "-"
+        ci = f"{100 * max(low, 0.0):.1f}-{100 * min(high, 1.0):.1f} %" if low == low else "-"  # a rate: 0-100 %
         fell = sum(collapsed(points, start["success"]) for points in seeds.values()) if start else None
         lines.append(
             f"| {run} | {len(seeds)} | {_stat([r[names.EVAL_SUCCESS] for r in finals], True)} | {ci} | "

@@ -164,16 +164,16 @@ def finished(folder: Path) -> bool:
     return any(record.get(names.ITERATION, 0) >= iterations for record in read_records(metrics))
 
 
+PROVENANCE = "provenance.jsonl"  # every start of a run: time, commit, CPU
+ROOT = Path(__file__).resolve().parent.parent
+
+
 def record_provenance(folder: Path) -> None:
     """Add this start's time, commit and CPU to ``<folder>/provenance.jsonl``."""
     folder.mkdir(parents=True, exist_ok=True)
     line = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "commit": project_commit(), "cpu": cpu_name()}
     with open(folder / PROVENANCE, "a") as out:
         out.write(json.dumps(line) + "\n")
-
-
-PROVENANCE = "provenance.jsonl"
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def project_commit() -> str:
@@ -203,12 +203,13 @@ def cpu_name() -> str:
     return f"{name}, {os.cpu_count()} cores"
 
 
-def provenance(output: Path, spec: ExperimentSpec) -> str:
-    """Which commits and CPUs the finished runs (and the warm start) ran on, with their counts."""
-    finished = [output / run / f"seed{seed}" for run, seeds in curves(output, spec).items() for seed in seeds]
+def provenance(output: Path, data: Curves) -> str:
+    """Which commits and CPUs the finished runs (``data``, as ``curves`` gives) and the warm start ran on,
+    with their counts."""
+    runs = [output / run / f"seed{seed}" for run, seeds in data.items() for seed in seeds]
     starts = [
         json.loads(line)
-        for folder in [output / "warm_start", *finished]
+        for folder in [output / "warm_start", *runs]
         if (folder / PROVENANCE).is_file()
         for line in (folder / PROVENANCE).read_text().splitlines()
     ]
@@ -250,7 +251,10 @@ def start_point(output: Path) -> dict[str, float]:
     return history[-1] if history else {}
 
 
-def curves(output: Path, spec: ExperimentSpec) -> dict[str, dict[int, list[tuple[int, dict]]]]:
+Curves = dict[str, dict[int, list[tuple[int, dict]]]]  # run -> seed -> [(env steps, evaluation record)]
+
+
+def curves(output: Path, spec: ExperimentSpec) -> Curves:
     """run -> seed -> [(env steps, evaluation record)], the warm start's at 0."""
     start = start_point(output)
     out: dict[str, dict[int, list[tuple[int, dict]]]] = {}
@@ -314,8 +318,7 @@ def collapsed(points: list[tuple[int, dict]], start: float) -> bool:
     return any(r[names.EVAL_SUCCESS] <= start - COLLAPSE_POINTS + 1e-9 for _, r in points[1:])
 
 
-def results_table(output: Path, spec: ExperimentSpec) -> str:
-    data = curves(output, spec)
+def results_table(output: Path, data: Curves) -> str:
     start = start_point(output)
     lines = [
         "| run | seeds | final success | 95 % interval | collapsed | success (solvable) | return | teacher success "
@@ -347,13 +350,13 @@ def results_table(output: Path, spec: ExperimentSpec) -> str:
     return "\n".join(lines)
 
 
-def teacher_table(output: Path, spec: ExperimentSpec) -> str:
+def teacher_table(data: Curves) -> str:
     """The merged teacher as a policy next to the student, at every evaluation (mean over seeds)."""
     lines = [
         "| run | env steps | student success | teacher success | teacher - student | seeds |",
         "|---|---|---|---|---|---|",
     ]
-    for run, seeds in curves(output, spec).items():
+    for run, seeds in data.items():
         steps = sorted({s for points in seeds.values() for s, r in points if names.EVAL_TEACHER_SUCCESS in r})
         for step in steps:
             pairs = [
@@ -375,7 +378,7 @@ def _minutes(folder: Path) -> float:
     return float(path.read_text()) if path.is_file() else 0.0
 
 
-def plot(output: Path, spec: ExperimentSpec, path: Path) -> None:
+def plot(data: Curves, title: str, path: Path) -> None:
     """Held-out success against env steps (each arm's mean over seeds, its min-max band and every seed thin),
     and, where a run evaluates its merged teacher, teacher - student at every evaluation (mean over seeds)."""
     import matplotlib
@@ -383,7 +386,6 @@ def plot(output: Path, spec: ExperimentSpec, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    data = curves(output, spec)
     gaps = {run: _gaps(seeds) for run, seeds in data.items()}
     panels = 2 if any(gaps.values()) else 1
     fig, axes = plt.subplots(1, panels, figsize=(8 * panels, 5), squeeze=False)
@@ -404,7 +406,7 @@ def plot(output: Path, spec: ExperimentSpec, path: Path) -> None:
             gap.plot(at, [np.mean(gaps[run][s]) for s in at], marker="o", color=line.get_color(), label=run)
     success.set_xlabel("env steps")
     success.set_ylabel("held-out success (mean; band min-max, thin lines: seeds)")
-    success.set_title(spec.name)
+    success.set_title(title)
     success.legend()
     if panels == 2:
         gap.axhline(0.0, color="grey", linewidth=0.8)
@@ -428,17 +430,18 @@ def _gaps(seeds: dict[int, list[tuple[int, dict]]]) -> dict[int, list[float]]:
 
 
 def write_results(output: Path, spec: ExperimentSpec) -> str:
-    table = results_table(output, spec)
+    data = curves(output, spec)  # the finished runs, read once for the table, the plot and provenance
+    table = results_table(output, data)
     runs = f"{output}/<run>/seed<k>/ (summary.md, metrics.jsonl)"
     text = f"# {spec.name}\n\n{table}\n\nPlot: {spec.name}.png. Runs: {runs}.\n"
-    ran = provenance(output, spec)
+    ran = provenance(output, data)
     if ran:
         text += f"\n{ran}"
-    teacher = teacher_table(output, spec)
+    teacher = teacher_table(data)
     if teacher:
         text += f"\n## The merged teacher as a policy, at every evaluation\n\n{teacher}\n"
     (output / f"{spec.name}.md").write_text(text)
-    plot(output, spec, output / f"{spec.name}.png")
+    plot(data, spec.name, output / f"{spec.name}.png")
     return table
 
 

@@ -315,7 +315,16 @@ COLLAPSE_POINTS = 0.10  # a seed collapses when an evaluation falls this far bel
 
 def collapsed(points: list[tuple[int, dict]], start: float) -> bool:
     """Whether any evaluation after the start fell COLLAPSE_POINTS or more below ``start``."""
-    return any(r[names.EVAL_SUCCESS] <= start - COLLAPSE_POINTS + 1e-9 for _, r in points[1:])
+    return any(_fallen(r, start) for _, r in points[1:])
+
+
+def ended_down(points: list[tuple[int, dict]], start: float) -> bool:
+    """Whether the last evaluation after the start is still COLLAPSE_POINTS or more below ``start``."""
+    return len(points) > 1 and _fallen(points[-1][1], start)
+
+
+def _fallen(record: dict, start: float) -> bool:
+    return record[names.EVAL_SUCCESS] <= start - COLLAPSE_POINTS + 1e-9
 
 
 def results_table(output: Path, data: Curves) -> str:
@@ -338,9 +347,10 @@ def results_table(output: Path, data: Curves) -> str:
         low, high = interval95([r[names.EVAL_SUCCESS] for r in finals])
         ci = f"{100 * max(low, 0.0):.1f}-{100 * min(high, 1.0):.1f} %" if low == low else "-"  # a rate: 0-100 %
         fell = sum(collapsed(points, start["success"]) for points in seeds.values()) if start else None
+        down = sum(ended_down(points, start["success"]) for points in seeds.values()) if start else None
         lines.append(
             f"| {run} | {len(seeds)} | {_stat([r[names.EVAL_SUCCESS] for r in finals], True)} | {ci} | "
-            f"{f'{fell} of {len(seeds)}' if fell is not None else '-'} | "
+            f"{f'{fell} of {len(seeds)} ({down} at the end)' if fell is not None else '-'} | "
             f"{_stat([r.get(names.EVAL_SUCCESS_SOLVABLE, r[names.EVAL_SUCCESS]) for r in finals], True)} | "
             f"{_stat([r[names.EVAL_RETURN] for r in finals], False)} | "
             f"{_stat([r[names.EVAL_TEACHER_SUCCESS] for r in finals if names.EVAL_TEACHER_SUCCESS in r], True)} | "
@@ -348,6 +358,19 @@ def results_table(output: Path, data: Curves) -> str:
             f"{np.mean([m for m in minutes if m]) if any(minutes) else 0:.1f} |"
         )
     return "\n".join(lines)
+
+
+def seed_table(data: Curves) -> str:
+    """Every seed's held-out success at every evaluation, so that a dip that recovered reads apart from a fall
+    that stayed (both count as collapsed)."""
+    lines = ["| run | seed | held-out success at each evaluation (%) | lowest after the start | last |"]
+    lines.append("|---|---|---|---|---|")
+    for run, seeds in data.items():
+        for seed, points in sorted(seeds.items()):
+            values = [100 * r[names.EVAL_SUCCESS] for _, r in points]
+            each = " / ".join(f"{v:.0f}" for v in values)
+            lines.append(f"| {run} | {seed} | {each} | {min(values[1:] or values):.1f} | {values[-1]:.1f} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def teacher_table(data: Curves) -> str:
@@ -437,6 +460,9 @@ def write_results(output: Path, spec: ExperimentSpec) -> str:
     ran = provenance(output, data)
     if ran:
         text += f"\n{ran}"
+    every = seed_table(data)
+    if every:
+        text += f"\n## Every seed (the first value is the warm start's)\n\n{every}\n"
     teacher = teacher_table(data)
     if teacher:
         text += f"\n## The merged teacher as a policy, at every evaluation\n\n{teacher}\n"

@@ -37,6 +37,7 @@ def test_grid_runs_from_one_warm_start_and_tabulates(tmp_path, capsys):
         assert "required: true" in config  # a grid's runs stop rather than train without guidance
     table = (out / "tiny.md").read_text()
     assert "| SFT start |" in table and "| ppo | 1 |" in table and "| kl | 1 |" in table
+    assert "## Every seed" in table and "| ppo | 0 | " in table
     assert "## The merged teacher as a policy" in table and "| kl | 12 |" in table  # 1 update of 3 rounds x 4 envs
     assert (out / "tiny.png").stat().st_size > 5_000
     capsys.readouterr()
@@ -103,3 +104,6 @@ def test_the_interval_and_the_collapse_rate_worked_by_hand():
     assert experiment.collapsed(run(0.55, 0.40, 0.60), start=0.5)  # 10 points below at one evaluation
     assert not experiment.collapsed(run(0.41, 0.45), start=0.5)
     assert not experiment.collapsed([(0, {"eval/success": 0.0})], start=0.5)  # the start itself is not counted
+    assert not experiment.ended_down(run(0.55, 0.40, 0.60), start=0.5)  # a dip that recovered
+    assert experiment.ended_down(run(0.55, 0.60, 0.40), start=0.5)
+    assert not experiment.ended_down([(0, {"eval/success": 0.0})], start=0.5)

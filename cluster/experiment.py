@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shutil
@@ -310,6 +311,25 @@ def interval95(values: list[float]) -> tuple[float, float]:
     return mean - half, mean + half
 
 
+def rate_interval95(k: int, n: int) -> tuple[float, float]:
+    """The exact (Clopper-Pearson) 95 % interval of a rate seen k times in n trials: the collapse rate over
+    seeds, where n is 5 and a normal approximation would be meaningless."""
+
+    def tail(p: float, at_least: int) -> float:  # P(X >= at_least), X ~ Binomial(n, p)
+        return sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(at_least, n + 1))
+
+    def solve(f, target: float) -> float:  # f increases with p; bisection
+        lo, hi = 0.0, 1.0
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if f(mid) < target else (lo, mid)
+        return (lo + hi) / 2
+
+    low = 0.0 if k == 0 else solve(lambda p: tail(p, k), 0.025)
+    high = 1.0 if k == n else solve(lambda p: tail(p, k + 1), 0.975)
+    return low, high
+
+
 COLLAPSE_POINTS = 0.10  # a seed collapses when an evaluation falls this far below the start
 
 
@@ -330,8 +350,8 @@ def _fallen(record: dict, start: float) -> bool:
 def results_table(output: Path, data: Curves) -> str:
     start = start_point(output)
     lines = [
-        "| run | seeds | final success | 95 % interval | collapsed | success (solvable) | return | teacher success "
-        "| teacher - student (mean over evals) | minutes / run |",
+        "| run | seeds | final success | 95 % interval | collapsed (95 % interval) | success (solvable) | return "
+        "| teacher success | teacher - student (mean over evals) | minutes / run |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     if start:
@@ -350,7 +370,7 @@ def results_table(output: Path, data: Curves) -> str:
         down = sum(ended_down(points, start["success"]) for points in seeds.values()) if start else None
         lines.append(
             f"| {run} | {len(seeds)} | {_stat([r[names.EVAL_SUCCESS] for r in finals], True)} | {ci} | "
-            f"{f'{fell} of {len(seeds)} ({down} at the end)' if fell is not None else '-'} | "
+            f"{_collapse_cell(fell, down, len(seeds))} | "
             f"{_stat([r.get(names.EVAL_SUCCESS_SOLVABLE, r[names.EVAL_SUCCESS]) for r in finals], True)} | "
             f"{_stat([r[names.EVAL_RETURN] for r in finals], False)} | "
             f"{_stat([r[names.EVAL_TEACHER_SUCCESS] for r in finals if names.EVAL_TEACHER_SUCCESS in r], True)} | "
@@ -371,6 +391,13 @@ def seed_table(data: Curves) -> str:
             each = " / ".join(f"{v:.0f}" for v in values)
             lines.append(f"| {run} | {seed} | {each} | {min(values[1:] or values):.1f} | {values[-1]:.1f} |")
     return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def _collapse_cell(fell: int | None, down: int | None, seeds: int) -> str:
+    if fell is None:
+        return "-"
+    low, high = rate_interval95(fell, seeds)
+    return f"{fell} of {seeds} ({100 * low:.0f}-{100 * high:.0f} %; {down} at the end)"
 
 
 def teacher_table(data: Curves) -> str:

@@ -107,3 +107,8 @@ def test_the_interval_and_the_collapse_rate_worked_by_hand():
     assert not experiment.ended_down(run(0.55, 0.40, 0.60), start=0.5)  # a dip that recovered
     assert experiment.ended_down(run(0.55, 0.60, 0.40), start=0.5)
     assert not experiment.ended_down([(0, {"eval/success": 0.0})], start=0.5)
+    # Clopper-Pearson: 0 of 5 -> (0, 1 - 0.025 ** (1/5)); 1 of 2 -> (1 - sqrt(0.975), sqrt(0.975))
+    assert experiment.rate_interval95(0, 5) == pytest.approx((0.0, 0.52182), abs=1e-5)
+    assert experiment.rate_interval95(5, 5) == pytest.approx((0.47818, 1.0), abs=1e-5)
+    assert experiment.rate_interval95(1, 2) == pytest.approx((0.01258, 0.98742), abs=1e-5)
+    assert experiment.rate_interval95(2, 5) == pytest.approx((0.05274, 0.85337), abs=1e-5)  # R's binom.test

@@ -18,13 +18,16 @@
    project's commit and the CPU, so a grid that spans sessions and machines says what ran where.
 3. ``<output>/<name>.md`` (final held-out success and return, mean and spread over seeds, a 95 % interval
    and the collapse rate: seeds 10+ points below the start at any evaluation; the merged teacher next to
-   the student) and ``<output>/<name>.png`` (held-out success against env steps).
+   the student; every seed at every evaluation; every run against the first, the baseline: a one-sided
+   Fisher test of the collapse counts and a permutation test of final success) and ``<output>/<name>.png``
+   (held-out success against env steps).
    Several experiments may share one output folder (and so one warm start, and runs they have in common).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -330,6 +333,37 @@ def rate_interval95(k: int, n: int) -> tuple[float, float]:
     return low, high
 
 
+def fisher_greater(k1: int, n1: int, k2: int, n2: int) -> float:
+    """One-sided Fisher exact p that the first group's rate is the higher: k1 of n1 seeds against k2 of n2.
+    Given k1 + k2 events among n1 + n2 seeds, the chance that n1 seeds drawn at random hold k1 or more."""
+    events, seeds = k1 + k2, n1 + n2
+    ways = sum(math.comb(events, i) * math.comb(seeds - events, n1 - i) for i in range(k1, min(events, n1) + 1))
+    return ways / math.comb(seeds, n1)
+
+
+EXACT_PERMUTATIONS = 200_000  # above this many splits of the seeds, permutation_p samples this many instead
+
+
+def permutation_p(a: list[float], b: list[float]) -> float:
+    """Two-sided permutation p of the difference in means of a and b: the share of all splits of the pooled
+    values into groups of their sizes whose |difference| is at least the one seen. Exact (every split) up to
+    EXACT_PERMUTATIONS splits, sampled past that (seeded, so a report rebuilds the same). It assumes nothing
+    about the shape of the values: a collapsed seed is an outlier a t test would misread."""
+    pooled, size = np.asarray([*a, *b], dtype=float), len(a)
+    seen = abs(float(np.mean(a)) - float(np.mean(b))) - 1e-12
+    total = pooled.sum()
+
+    def gap(first_sum: float) -> float:
+        return abs(first_sum / size - (total - first_sum) / (len(pooled) - size))
+
+    if math.comb(len(pooled), size) <= EXACT_PERMUTATIONS:
+        sums = [pooled[list(pick)].sum() for pick in itertools.combinations(range(len(pooled)), size)]
+    else:
+        rng = np.random.default_rng(0)
+        sums = [pooled[rng.permutation(len(pooled))[:size]].sum() for _ in range(EXACT_PERMUTATIONS)]
+    return sum(gap(s) >= seen for s in sums) / len(sums)
+
+
 COLLAPSE_POINTS = 0.10  # a seed collapses when an evaluation falls this far below the start
 
 
@@ -398,6 +432,38 @@ def _collapse_cell(fell: int | None, down: int | None, seeds: int) -> str:
         return "-"
     low, high = rate_interval95(fell, seeds)
     return f"{fell} of {seeds} ({100 * low:.0f}-{100 * high:.0f} %; {down} at the end)"
+
+
+def versus_table(output: Path, data: Curves) -> str:
+    """Every run against the first (the baseline, e.g. plain PPO): the collapse counts with a one-sided Fisher
+    test (does the baseline collapse more often?), at any evaluation and at the end, and the difference in
+    final success with a two-sided permutation test. Empty without the start or with one run."""
+    start = start_point(output)
+    if not start or len(data) < 2:
+        return ""
+    (first, base), *others = data.items()
+    lines = [
+        f"| run | collapsed: run / {first} | Fisher p ({first} more) | down at the end: run / {first} "
+        f"| Fisher p ({first} more) | final success, run - {first} | permutation p |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def counts(seeds, test) -> int:
+        return sum(test(points, start["success"]) for points in seeds.values())
+
+    def finals(seeds) -> list[float]:
+        return [points[-1][1][names.EVAL_SUCCESS] for points in seeds.values()]
+
+    for run, seeds in others:
+        n, m = len(seeds), len(base)
+        cells = []
+        for test in (collapsed, ended_down):
+            k, j = counts(seeds, test), counts(base, test)
+            cells += [f"{k} of {n} / {j} of {m}", f"{fisher_greater(j, m, k, n):.2f}"]
+        difference = 100 * (np.mean(finals(seeds)) - np.mean(finals(base)))
+        cells += [f"{difference:+.1f} points", f"{permutation_p(finals(seeds), finals(base)):.2f}"]
+        lines.append(f"| {run} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def teacher_table(data: Curves) -> str:
@@ -490,6 +556,10 @@ def write_results(output: Path, spec: ExperimentSpec) -> str:
     every = seed_table(data)
     if every:
         text += f"\n## Every seed (the first value is the warm start's)\n\n{every}\n"
+    versus = versus_table(output, data)
+    if versus:
+        first = next(iter(data))
+        text += f"\n## Every run against {first}\n\n{versus}\n"
     teacher = teacher_table(data)
     if teacher:
         text += f"\n## The merged teacher as a policy, at every evaluation\n\n{teacher}\n"

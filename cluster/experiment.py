@@ -381,8 +381,7 @@ def _fallen(record: dict, start: float) -> bool:
     return record[names.EVAL_SUCCESS] <= start - COLLAPSE_POINTS + 1e-9
 
 
-def results_table(output: Path, data: Curves) -> str:
-    start = start_point(output)
+def results_table(output: Path, data: Curves, start: dict[str, float]) -> str:
     lines = [
         "| run | seeds | final success | 95 % interval | collapsed (95 % interval) | success (solvable) | return "
         "| teacher success | teacher - student (mean over evals) | minutes / run |",
@@ -400,8 +399,7 @@ def results_table(output: Path, data: Curves) -> str:
         minutes = [_minutes(output / run / f"seed{s}") for s in seeds]
         low, high = interval95([r[names.EVAL_SUCCESS] for r in finals])
         ci = f"{100 * max(low, 0.0):.1f}-{100 * min(high, 1.0):.1f} %" if low == low else "-"  # a rate: 0-100 %
-        fell = sum(collapsed(points, start["success"]) for points in seeds.values()) if start else None
-        down = sum(ended_down(points, start["success"]) for points in seeds.values()) if start else None
+        fell, down = _collapses(seeds, start) if start else (None, None)
         lines.append(
             f"| {run} | {len(seeds)} | {_stat([r[names.EVAL_SUCCESS] for r in finals], True)} | {ci} | "
             f"{_collapse_cell(fell, down, len(seeds))} | "
@@ -427,6 +425,12 @@ def seed_table(data: Curves) -> str:
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
+def _collapses(seeds: dict[int, list[tuple[int, dict]]], start: dict[str, float]) -> tuple[int, int]:
+    """How many seeds collapsed (at any evaluation), and how many were still down at the end."""
+    fell = sum(collapsed(points, start["success"]) for points in seeds.values())
+    return fell, sum(ended_down(points, start["success"]) for points in seeds.values())
+
+
 def _collapse_cell(fell: int | None, down: int | None, seeds: int) -> str:
     if fell is None:
         return "-"
@@ -434,11 +438,11 @@ def _collapse_cell(fell: int | None, down: int | None, seeds: int) -> str:
     return f"{fell} of {seeds} ({100 * low:.0f}-{100 * high:.0f} %; {down} at the end)"
 
 
-def versus_table(output: Path, data: Curves) -> str:
+def versus_table(data: Curves, start: dict[str, float]) -> str:
     """Every run against the first (the baseline, e.g. plain PPO): the collapse counts with a one-sided Fisher
     test (does the baseline collapse more often?), at any evaluation and at the end, and the difference in
-    final success with a two-sided permutation test. Empty without the start or with one run."""
-    start = start_point(output)
+    final success with a two-sided permutation test. Empty without the start (``start_point``) or with one
+    run."""
     if not start or len(data) < 2:
         return ""
     (first, base), *others = data.items()
@@ -448,17 +452,13 @@ def versus_table(output: Path, data: Curves) -> str:
         "|---|---|---|---|---|---|---|",
     ]
 
-    def counts(seeds, test) -> int:
-        return sum(test(points, start["success"]) for points in seeds.values())
-
     def finals(seeds) -> list[float]:
         return [points[-1][1][names.EVAL_SUCCESS] for points in seeds.values()]
 
+    base_counts, m = _collapses(base, start), len(base)
     for run, seeds in others:
-        n, m = len(seeds), len(base)
-        cells = []
-        for test in (collapsed, ended_down):
-            k, j = counts(seeds, test), counts(base, test)
+        n, cells = len(seeds), []
+        for k, j in zip(_collapses(seeds, start), base_counts, strict=True):  # at any evaluation, at the end
             cells += [f"{k} of {n} / {j} of {m}", f"{fisher_greater(j, m, k, n):.2f}"]
         difference = 100 * (np.mean(finals(seeds)) - np.mean(finals(base)))
         cells += [f"{difference:+.1f} points", f"{permutation_p(finals(seeds), finals(base)):.2f}"]
@@ -547,7 +547,8 @@ def _gaps(seeds: dict[int, list[tuple[int, dict]]]) -> dict[int, list[float]]:
 
 def write_results(output: Path, spec: ExperimentSpec) -> str:
     data = curves(output, spec)  # the finished runs, read once for the table, the plot and provenance
-    table = results_table(output, data)
+    start = start_point(output)
+    table = results_table(output, data, start)
     runs = f"{output}/<run>/seed<k>/ (summary.md, metrics.jsonl)"
     text = f"# {spec.name}\n\n{table}\n\nPlot: {spec.name}.png. Runs: {runs}.\n"
     ran = provenance(output, data)
@@ -556,7 +557,7 @@ def write_results(output: Path, spec: ExperimentSpec) -> str:
     every = seed_table(data)
     if every:
         text += f"\n## Every seed (the first value is the warm start's)\n\n{every}\n"
-    versus = versus_table(output, data)
+    versus = versus_table(data, start)
     if versus:
         first = next(iter(data))
         text += f"\n## Every run against {first}\n\n{versus}\n"

@@ -114,7 +114,7 @@ def test_the_interval_and_the_collapse_rate_worked_by_hand():
     assert experiment.rate_interval95(2, 5) == pytest.approx((0.05274, 0.85337), abs=1e-5)  # R's binom.test
 
 
-def test_the_tests_against_the_baseline_worked_by_hand(tmp_path):
+def test_the_tests_against_the_baseline_worked_by_hand():
     # R: fisher.test(matrix(c(3, 2, 0, 5), 2), alternative = "greater")$p.value == 10 / 120
     assert experiment.fisher_greater(3, 5, 0, 5) == pytest.approx(0.083333, abs=1e-6)
     assert experiment.fisher_greater(5, 5, 0, 5) == pytest.approx(1 / 252)
@@ -126,10 +126,6 @@ def test_the_tests_against_the_baseline_worked_by_hand(tmp_path):
     sampled = experiment.permutation_p(list(range(12)), list(range(100, 112)))  # C(24, 12) > 2e5 splits
     assert sampled == experiment.permutation_p(list(range(12)), list(range(100, 112))) and sampled < 1e-4
 
-    (tmp_path / "warm_start").mkdir()
-    summary = {"history": [{"success": 0.5, "return": 0.0}]}
-    (tmp_path / "warm_start" / "sft_summary.json").write_text(json.dumps(summary))
-
     def seed(*successes):
         return [(0, {"eval/success": 0.5})] + [(i, {"eval/success": s}) for i, s in enumerate(successes, 1)]
 
@@ -137,7 +133,9 @@ def test_the_tests_against_the_baseline_worked_by_hand(tmp_path):
         "ppo": {0: seed(0.1, 0.1), 1: seed(0.3, 0.5), 2: seed(0.5, 0.5)},
         "kl": {0: seed(0.5, 0.6), 1: seed(0.5, 0.5), 2: seed(0.5, 0.5)},
     }
-    table = experiment.versus_table(tmp_path, data)
+    start = {"success": 0.5, "return": 0.0}
+    table = experiment.versus_table(data, start)
     # ppo: 2 of 3 collapsed, 1 of 3 still down; kl: none. Finals 0.1 0.5 0.5 against 0.6 0.5 0.5
     assert "| kl | 0 of 3 / 2 of 3 | 0.20 | 0 of 3 / 1 of 3 | 0.50 | +16.7 points |" in table
-    assert experiment.versus_table(tmp_path, {"ppo": data["ppo"]}) == ""
+    assert experiment.versus_table({"ppo": data["ppo"]}, start) == ""
+    assert experiment.versus_table(data, {}) == ""  # no warm start evaluated

@@ -26,6 +26,7 @@ reaper.started()
 mine_after = subprocess.Popen(["sleep", "62"], **quiet)
 print(mine_before.pid, head.pid, mine_after.pid, flush=True)
 if sys.argv[1] == "reap":
+    sys.stdin.readline()  # the test has looked at the tree: only now may it go
     reaper.reap()
     print("reaped", flush=True)
 time.sleep(60)
@@ -35,7 +36,12 @@ time.sleep(60)
 @pytest.mark.parametrize("how", ["reap", "sigkill"])
 def test_reaper_ends_the_head_tree_and_nothing_else(how):
     driver = subprocess.Popen(
-        [sys.executable, "-c", DRIVER, how], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", DRIVER, how],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     spawned = []
     try:
@@ -44,6 +50,8 @@ def test_reaper_ends_the_head_tree_and_nothing_else(how):
         spawned = [before, head, agent, after]
         assert agent.cmdline() == ["sleep", "61"]
         if how == "reap":
+            driver.stdin.write("go\n")
+            driver.stdin.flush()
             assert driver.stdout.readline() == "reaped\n"  # reap() returned: the tree is gone already
             assert not alive(head) and not alive(agent) and driver.poll() is None
         else:
